@@ -1,0 +1,57 @@
+"""The platform boundary.
+
+A platform builds the world of one cell (nodes ``lan``, ``gw``, ``wan``,
+``host``, ``jail``, see :mod:`lab.topology`), gives the client and the
+responder a sandboxed stack to run charon in, and tears it all down. The
+cell runner (:mod:`lab.cell`) only talks to this interface, so the same
+scenario, cell ids and outcomes serve Linux namespaces and FreeBSD jails.
+"""
+
+from dataclasses import dataclass, field
+
+from lab.matrix import Cell
+from lab.node import Node
+
+
+@dataclass
+class Stack:
+    """A node with a sandbox where charon runs: private /run, /dev, config."""
+
+    node: Node
+    run_dir: str
+    device_policy: str
+
+
+@dataclass
+class World:
+    cell: Cell
+    nodes: dict[str, Node]
+    client: Stack
+    responder: Stack
+    runtime_dir: str
+    names: dict[str, str] = field(default_factory=dict)  # role -> OS name
+
+    def node(self, role: str) -> Node:
+        return self.nodes[role]
+
+
+class Platform:
+    name: str
+    system: str  # "linux" or "freebsd": selects charon paths and plugins
+
+    def capabilities(self, run_id: str) -> dict[str, dict]:
+        raise NotImplementedError
+
+    def build(self, cell: Cell, run_id: str, runtime_dir: str) -> World:
+        raise NotImplementedError
+
+    def teardown(self, world: World) -> list[str]:
+        """Remove everything *world* created; return problems, never raise."""
+        raise NotImplementedError
+
+    def responder_backend(self, capabilities: dict[str, bool]) -> str:
+        raise NotImplementedError
+
+    def kernel_state(self, stack: Stack) -> dict[str, str]:
+        """Text evidence of the client stack's kernel: SAs, policies, routes."""
+        raise NotImplementedError

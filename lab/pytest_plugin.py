@@ -1,0 +1,177 @@
+"""pytest glue: run ids, fixtures for cells, per-cell logs and the run report.
+
+Loaded by the top-level conftest.py. The controller picks the run id and
+hands it to xdist workers; each worker writes one record per cell; the
+controller assembles results.json and the HTML page when the session ends.
+"""
+
+import json
+import logging
+import os
+import platform as host_platform
+import time
+
+import pytest
+
+from lab import config as lab_config
+from lab import preflight, reaper, report, results, runid, schema
+from lab.matrix import default, full, parse_selection, select
+from lab.platforms import get as get_platform
+
+log = logging.getLogger(__name__)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("vpnjail lab")
+    group.addoption(
+        "--axis",
+        action="append",
+        default=[],
+        metavar="AXIS=VALUE[,VALUE]",
+        help="run only cells with these axis values (repeatable)",
+    )
+    group.addoption(
+        "--cells",
+        choices=("default", "full"),
+        default="default",
+        help="start from the default set or from every combination",
+    )
+    group.addoption("--platform", default="local", help="where cells run")
+    group.addoption(
+        "--lab-reports",
+        default=os.environ.get("VJLAB_REPORTS", os.path.join(REPO, "reports")),
+        help="directory holding one sub-directory per run",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    workerinput = getattr(config, "workerinput", None)
+    run_id = workerinput["vjlab_run_id"] if workerinput else runid.new_run_id()
+    config.vjlab_run_id = run_id
+    config.vjlab_run_dir = os.path.join(config.getoption("lab_reports"), run_id)
+    config.vjlab_started = time.time()
+    try:
+        config.vjlab_config = lab_config.load(config.getoption("platform"))
+    except schema.FixtureError as exc:
+        raise pytest.UsageError(f"bad fixture:\n{exc}") from None
+    if workerinput is None and not config.option.collectonly:
+        os.makedirs(config.vjlab_run_dir, exist_ok=True)
+        reaper.claim(run_id)
+        if getattr(config.option, "allure_report_dir", None) is None:
+            config.option.allure_report_dir = os.path.join(
+                config.vjlab_run_dir, "allure"
+            )
+    config.addinivalue_line("markers", "cell: a matrix cell of the lab")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    node.workerinput["vjlab_run_id"] = node.config.vjlab_run_id
+
+
+def selected_cells(config):
+    lab = config.vjlab_config
+    base = (
+        full(lab.matrix) if config.getoption("cells") == "full" else default(lab.matrix)
+    )
+    try:
+        selection = parse_selection(lab.matrix, config.getoption("axis"))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    return select(base, selection)
+
+
+@pytest.fixture(scope="session")
+def lab_run(request):
+    """This process's view of the run: id, directories, platform, capabilities."""
+    config = request.config
+    problems = preflight.problems()
+    if problems:
+        pytest.fail("preflight found problems:\n" + "\n".join(problems), pytrace=False)
+    platform = get_platform(config.getoption("platform"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    probed = platform.capabilities(f"{config.vjlab_run_id}-{worker}")
+    _write_once(os.path.join(config.vjlab_run_dir, "capabilities.json"), probed)
+    return {
+        "id": config.vjlab_run_id,
+        "dir": config.vjlab_run_dir,
+        "runtime": runid.runtime_dir(config.vjlab_run_id),
+        "platform": platform,
+        "capabilities": probed,
+        "config": config.vjlab_config,
+    }
+
+
+def _write_once(path: str, data) -> None:
+    if not os.path.exists(path):
+        with open(path, "w") as out:
+            json.dump(data, out, indent=2)
+
+
+@pytest.fixture
+def cell_log(request, lab_run, cell):
+    """A DEBUG log file for this cell, inside its evidence directory."""
+    evidence = os.path.join(lab_run["dir"], "cells", cell.slug)
+    os.makedirs(evidence, exist_ok=True)
+    handler = logging.FileHandler(os.path.join(evidence, "cell.log"))
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    lab_logger = logging.getLogger("lab")
+    lab_logger.addHandler(handler)
+    lab_logger.setLevel(logging.DEBUG)
+    log.info("TEST-START %s", cell.id)
+    yield evidence
+    log.info("TEST-END %s", cell.id)
+    lab_logger.removeHandler(handler)
+    handler.close()
+
+
+@pytest.fixture
+def world(lab_run, cell, cell_log):
+    """The cell's world, built before and torn down after, even on failure."""
+    platform = lab_run["platform"]
+    built = platform.build(cell, lab_run["id"], lab_run["runtime"])
+    yield built
+    problems = platform.teardown(built)
+    for problem in problems:
+        log.warning("teardown: %s", problem)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    if getattr(config, "workerinput", None) is not None or config.option.collectonly:
+        return
+    run_id = config.vjlab_run_id
+    for line in reaper.reap(run_id=run_id, force=True):
+        if not line.startswith("directory"):
+            log.warning("left behind by this run, removed: %s", line)
+    records = results.collect(config.vjlab_run_dir)
+    if not records:
+        return
+    run = {
+        "id": run_id,
+        "platform": config.getoption("platform"),
+        "started": config.vjlab_started,
+        "seconds": round(time.time() - config.vjlab_started, 2),
+        "host": host_platform.node(),
+        "kernel": host_platform.release(),
+    }
+    run.update(_run_facts(config.vjlab_run_dir))
+    results.write_results(config.vjlab_run_dir, run, records)
+    report.write_html(config.vjlab_run_dir, run, records)
+    report.point_latest(config.getoption("lab_reports"), run_id)
+
+
+def _run_facts(run_dir: str) -> dict:
+    facts = {}
+    path = os.path.join(run_dir, "capabilities.json")
+    if os.path.exists(path):
+        with open(path) as src:
+            facts["capabilities"] = json.load(src)
+    return facts
