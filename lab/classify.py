@@ -42,11 +42,12 @@ _AUTH = [
     ("responder", re.compile(r"no matching peer config found"), "id"),
 ]
 _NO_PROPOSAL = [
-    ("responder", re.compile(r"no acceptable proposal found"), ""),
-    ("responder", re.compile(r"no matching proposal found"), ""),
-    ("client", re.compile(r"received NO_PROPOSAL_CHOSEN"), ""),
+    ("responder", re.compile(r"\] <[^>]*> no (matching |acceptable )?proposal found")),
+    ("client", re.compile(r"received NO_PROPOSAL_CHOSEN")),
 ]
-_PHASE2_HINT = re.compile(r"QUICK_MODE|CHILD_SA")
+# Phase 1 is over once an IKE_SA is established; a refusal after that is
+# about the Quick Mode (ESP) proposal.
+_PHASE1_DONE = re.compile(r"IKE_SA \S+ established")
 _TIMEOUT = re.compile(r"giving up after \d+ retransmits|peer not responding")
 
 
@@ -168,7 +169,7 @@ def _auth_failed(ev: Evidence) -> Outcome | None:
 
 def _no_proposal(ev: Evidence) -> Outcome | None:
     logs = {"client": ev.client_log, "responder": ev.responder_log}
-    for node, pattern, _ in _NO_PROPOSAL:
+    for node, pattern in _NO_PROPOSAL:
         lines = _lines(logs[node], pattern)
         if lines:
             return Outcome(
@@ -181,9 +182,8 @@ def _no_proposal(ev: Evidence) -> Outcome | None:
 
 
 def _phase(log: str, line: str) -> str:
-    """Phase 2 when Quick Mode had begun before the refusal was logged."""
     before = log[: log.find(line)]
-    return "phase2" if _PHASE2_HINT.search(before) else "phase1"
+    return "phase2" if _PHASE1_DONE.search(before) else "phase1"
 
 
 def _established(ev: Evidence) -> Outcome:

@@ -18,8 +18,9 @@ class LabConfig:
     paths: dict[str, Path]
 
 
-def load(platform: str = "local", root: Path = FIXTURES) -> LabConfig:
+def load(platform: str = "local", root: Path | str = FIXTURES) -> LabConfig:
     """Load every fixture; raise FixtureError listing every problem found."""
+    root = Path(root)
     paths = {
         "matrix": root / "matrix.yaml",
         "expectations": root / "expectations" / f"{platform}.yaml",

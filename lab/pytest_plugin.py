@@ -40,6 +40,11 @@ def pytest_addoption(parser):
     )
     group.addoption("--platform", default="local", help="where cells run")
     group.addoption(
+        "--lab-fixtures",
+        default=str(lab_config.FIXTURES),
+        help="directory of matrix.yaml, responder.yaml, client.yaml, expectations/",
+    )
+    group.addoption(
         "--lab-reports",
         default=os.environ.get("VJLAB_REPORTS", os.path.join(REPO, "reports")),
         help="directory holding one sub-directory per run",
@@ -53,23 +58,33 @@ def pytest_configure(config):
     config.vjlab_run_id = run_id
     config.vjlab_run_dir = os.path.join(config.getoption("lab_reports"), run_id)
     config.vjlab_started = time.time()
+    config.addinivalue_line("markers", "cell: a matrix cell of the lab")
     try:
-        config.vjlab_config = lab_config.load(config.getoption("platform"))
+        config.vjlab_config = lab_config.load(
+            config.getoption("platform"), config.getoption("lab_fixtures")
+        )
     except schema.FixtureError as exc:
         raise pytest.UsageError(f"bad fixture:\n{exc}") from None
-    if workerinput is None and not config.option.collectonly:
+    if workerinput is not None:
+        # xdist workers re-parse the command line; the allure directory
+        # chosen by the controller has to be handed over explicitly.
+        config.option.allure_report_dir = workerinput.get("vjlab_allure_dir")
+        return
+    if not config.option.collectonly:
         os.makedirs(config.vjlab_run_dir, exist_ok=True)
         reaper.claim(run_id)
         if getattr(config.option, "allure_report_dir", None) is None:
             config.option.allure_report_dir = os.path.join(
                 config.vjlab_run_dir, "allure"
             )
-    config.addinivalue_line("markers", "cell: a matrix cell of the lab")
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
     node.workerinput["vjlab_run_id"] = node.config.vjlab_run_id
+    node.workerinput["vjlab_allure_dir"] = getattr(
+        node.config.option, "allure_report_dir", None
+    )
 
 
 def selected_cells(config):
@@ -163,9 +178,29 @@ def pytest_sessionfinish(session, exitstatus):
         "kernel": host_platform.release(),
     }
     run.update(_run_facts(config.vjlab_run_dir))
+    leaks = secret_leaks(config.vjlab_run_dir, config.vjlab_config)
+    if leaks:
+        log.error("secrets found in the report: %s", "; ".join(leaks))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        run["secret_leaks"] = leaks
     results.write_results(config.vjlab_run_dir, run, records)
     report.write_html(config.vjlab_run_dir, run, records)
     report.point_latest(config.getoption("lab_reports"), run_id)
+
+
+def secret_leaks(run_dir: str, lab) -> list[str]:
+    """Every report file that contains one of the fixtures' secrets."""
+    from lab.cell import redactor_for
+
+    redactor = redactor_for(lab)
+    found = []
+    for folder, _, names in os.walk(run_dir):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as src:
+                if redactor.leaks(src.read()):
+                    found.append(os.path.relpath(path, run_dir))
+    return found
 
 
 def _run_facts(run_dir: str) -> dict:

@@ -33,7 +33,7 @@ import logging
 import struct
 import sys
 from dataclasses import dataclass, replace
-from typing import ClassVar, Union
+from typing import ClassVar
 
 logger = logging.getLogger(__name__)
 
@@ -326,9 +326,10 @@ class KeyExt:
     key: bytes
     bits: int | None = None
 
-    @property
-    def key_bits(self) -> int:
-        return len(self.key) * 8 if self.bits is None else self.bits
+    def __post_init__(self) -> None:
+        # Default to the whole key, as strongSwan does; frozen, hence setattr.
+        if self.bits is None:
+            object.__setattr__(self, "bits", len(self.key) * 8)
 
 
 @dataclass(frozen=True)
@@ -382,18 +383,18 @@ class UnknownExt:
     payload: bytes
 
 
-Extension = Union[
-    SaExt,
-    LifetimeExt,
-    AddressExt,
-    KeyExt,
-    Sa2Ext,
-    NatTTypeExt,
-    NatTPortExt,
-    SaReplayExt,
-    SpiRangeExt,
-    UnknownExt,
-]
+Extension = (
+    SaExt
+    | LifetimeExt
+    | AddressExt
+    | KeyExt
+    | Sa2Ext
+    | NatTTypeExt
+    | NatTPortExt
+    | SaReplayExt
+    | SpiRangeExt
+    | UnknownExt
+)
 
 
 @dataclass(frozen=True)
@@ -518,9 +519,9 @@ def encode_sockaddr(ext: AddressExt, layout: Layout) -> bytes:
 
 def _encode_key(ext: KeyExt, layout: Layout) -> bytes:
     _require_type(ext.exttype, KEY_TYPES, "key")
-    if ext.key_bits > len(ext.key) * 8:
-        raise PfkeyEncodeError(f"{ext.key_bits} key bits but {len(ext.key)} bytes")
-    return layout.pack("HH", ext.key_bits, 0) + bytes(ext.key)
+    if ext.bits > len(ext.key) * 8:
+        raise PfkeyEncodeError(f"{ext.bits} key bits but {len(ext.key)} bytes")
+    return layout.pack("HH", ext.bits, 0) + bytes(ext.key)
 
 
 def _encode_sa2(ext: Sa2Ext, layout: Layout) -> bytes:

@@ -42,7 +42,10 @@ class Platform:
     def capabilities(self, run_id: str) -> dict[str, dict]:
         raise NotImplementedError
 
-    def build(self, cell: Cell, run_id: str, runtime_dir: str) -> World:
+    def build(
+        self, cell: Cell, run_id: str, runtime_dir: str, label: str | None = None
+    ) -> World:
+        """Build *cell*'s world; *label* (default: the cell's slug) names it."""
         raise NotImplementedError
 
     def teardown(self, world: World) -> list[str]:

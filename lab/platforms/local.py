@@ -30,11 +30,14 @@ class LocalPlatform(Platform):
         # The responder must run where IPsec is known to work here.
         return "netlink" if capabilities.get("esp") else "libipsec"
 
-    def build(self, cell: Cell, run_id: str, runtime_dir: str) -> World:
-        short = hashlib.sha1(cell.id.encode()).hexdigest()[:8]
+    def build(
+        self, cell: Cell, run_id: str, runtime_dir: str, label: str | None = None
+    ) -> World:
+        label = label or cell.slug
+        short = hashlib.sha1(label.encode()).hexdigest()[:8]
         cell_runtime = os.path.join(runtime_dir, short)
         names = {
-            role: f"{runid.namespace_prefix(run_id)}{cell.slug}-{role}"
+            role: f"{runid.namespace_prefix(run_id)}{label}-{role}"
             for role in topology.NODES
         }
         nodes = {
