@@ -64,8 +64,31 @@ def run_cell(
     capabilities: dict[str, bool],
     evidence: EvidenceDir,
 ) -> CellReport:
+    daemons = {}
+    try:
+        daemons = prepare(platform, world, config, capabilities)
+        gw, cl = daemons["responder"], daemons["client"]
+        if not gw.started:
+            return _responder_failed(gw, evidence)
+        initiate_error = initiate(cl) if cl.started else None
+        children = _children(cl)
+        traffic = check_traffic(world, config.responder.name) if children else {}
+        outcome = classify(_evidence(cl, gw, initiate_error, children, traffic))
+        return _finish(platform, daemons, outcome, traffic, evidence)
+    finally:
+        stop(daemons)
+
+
+def prepare(
+    platform: Platform,
+    world: World,
+    config: LabConfig,
+    capabilities: dict[str, bool],
+) -> dict:
+    """Services, capture, responder and client up; the client not initiated."""
     cell = world.cell
-    client_spec = client.with_overrides(config.client, config.matrix.auth[cell["auth"]])
+    overrides = config.matrix.auth[cell["auth"]]
+    client_spec = client.with_overrides(config.client, overrides)
     gw = Daemon(
         "responder",
         world.responder,
@@ -78,22 +101,20 @@ def run_cell(
         client.build(client_spec, topology.GATEWAY_ADDRESS),
         cell["backend"],
     )
-    try:
-        start_services(world, config.responder.name)
-        capture = start_capture(world)
-        start_daemon(platform, gw)
-        if not gw.started:
-            return _responder_failed(gw, cl, evidence)
+    daemons = {"responder": gw, "client": cl}
+    start_services(world, config.responder.name)
+    daemons["capture"] = start_capture(world)
+    start_daemon(platform, gw)
+    if gw.started:
         start_daemon(platform, cl)
-        initiate_error = initiate(cl) if cl.started else None
-        children = _children(cl)
-        traffic = check_traffic(world, config.responder.name) if children else {}
-        outcome = classify(_evidence(cl, gw, initiate_error, children, traffic))
-        return _finish(platform, gw, cl, capture, outcome, traffic, evidence)
-    finally:
-        for daemon in (cl, gw):
-            if daemon.charon is not None:
-                daemon.charon.stop()
+    return daemons
+
+
+def stop(daemons: dict) -> None:
+    for role in ("client", "responder"):
+        daemon = daemons.get(role)
+        if daemon is not None and daemon.charon is not None:
+            daemon.charon.stop()
 
 
 def start_services(world: World, gateway_name: str) -> None:
@@ -267,7 +288,7 @@ def _loaded_plugins(log_text: str) -> str:
     return ""
 
 
-def _responder_failed(gw: Daemon, cl: Daemon, evidence: EvidenceDir) -> CellReport:
+def _responder_failed(gw: Daemon, evidence: EvidenceDir) -> CellReport:
     tail = gw.charon.read_log().strip().splitlines()[-3:]
     outcome = Outcome(
         "ERROR",
@@ -279,13 +300,14 @@ def _responder_failed(gw: Daemon, cl: Daemon, evidence: EvidenceDir) -> CellRepo
     return CellReport(outcome, evidence.path)
 
 
-def _finish(platform, gw, cl, capture, outcome, traffic, evidence) -> CellReport:
+def _finish(platform, daemons, outcome, traffic, evidence) -> CellReport:
+    gw, cl = daemons["responder"], daemons["client"]
     client_state = _vici_state(cl)
     _keep_daemon(evidence, cl, client_state)
     _keep_daemon(evidence, gw, _vici_state(gw))
     for name, text in platform.kernel_state(cl.stack).items():
         evidence.write_text(f"client/kernel/{name}", text)
-    process, path = capture
+    process, path = daemons["capture"]
     process.stop()
     evidence.copy_binary("wan.pcap", path)
     return CellReport(outcome, evidence.path, client_state, traffic)
