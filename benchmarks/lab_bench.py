@@ -78,18 +78,22 @@ def _measure(platform, world, lab, capabilities, rounds: int) -> dict:
     for _ in range(rounds):
         harness.append(_timed(lambda: cell_runner.initiate(client)))
         _down(client)
-        raw.append(
-            _timed(
-                lambda: subprocess.run(
-                    ["swanctl", "--initiate", "--child", "fgt", "--uri", socket_uri],
-                    check=True,
-                    stdout=subprocess.DEVNULL,
-                )
-            )
-        )
+        raw.append(_timed(lambda: _swanctl_initiate(socket_uri, swanctl_conf)))
         _down(client)
     cell_runner.stop(daemons)
     return {"harness": statistics.median(harness), "raw": statistics.median(raw)}
+
+
+def _swanctl_initiate(uri: str, conf: str) -> None:
+    result = subprocess.run(
+        ["swanctl", "--initiate", "--child", "fgt", "--uri", uri],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, STRONGSWAN_CONF=conf),
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"swanctl --initiate failed: {result.stderr.strip()}")
 
 
 def _timed(action) -> float:
