@@ -21,6 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.handler(args)
+    except KeyboardInterrupt:
+        print(
+            "interrupted; `python -m lab clean` removes anything left", file=sys.stderr
+        )
+        return 130
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

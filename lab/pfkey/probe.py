@@ -254,9 +254,9 @@ def _sadb_sa_replay(window: int | None, layout: pk.Layout) -> int:
     # strongSwan passes bytes on BSD and packets (capped at 32) on Linux.
     if window is None:
         return 0
-    if layout.sockaddr_has_len:
-        return min((window + 7) // 8, 0xFF)
-    return min(window, 32)
+    if layout.name == "linux":
+        return min(window, 32)
+    return min((window + 7) // 8, 0xFF)
 
 
 def build_getspi(spi: int) -> pk.Message:
@@ -1181,27 +1181,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--spi-base", type=_spi_base, help="first SPI to use (default: random)"
     )
-    parser.add_argument(
-        "--layout",
-        choices=("auto", "freebsd", "linux"),
-        default="auto",
-        help="message layout; auto follows the running system",
-    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug log")
     return parser
 
 
-def choose_layout(name: str) -> pk.Layout:
-    """Layout for ``--layout``; ``auto`` follows ``sys.platform``."""
-    if name == "freebsd":
-        return pk.freebsd_layout()
-    if name == "linux":
-        return pk.linux_layout()
+def detect_layout(platform_name: str | None = None) -> pk.Layout:
+    """Layout of the running system (or of ``platform_name``).
+
+    There is deliberately no override: PF_KEY's address family number differs
+    between systems, and 27 is not PF_KEY on Linux.
+    """
+    name = sys.platform if platform_name is None else platform_name
     try:
-        return pk.layout_for_platform()
+        return pk.layout_for_platform(name)
     except pk.PfkeyError as exc:
         raise PfkeyUnavailableError(
-            f"{exc}; PF_KEY probing supports FreeBSD and Linux"
+            f"{exc}; the probe supports FreeBSD and Linux"
         ) from None
 
 
@@ -1213,7 +1208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_USAGE, f"bad arguments: {exc} (see --help)")
     _configure_logging(args.verbose)
     try:
-        layout = choose_layout(args.layout)
+        layout = detect_layout()
         transport = SocketTransport.open(layout)
     except ProbeError as exc:
         return _fail(exc.exit_code, str(exc))
