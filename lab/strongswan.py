@@ -12,128 +12,15 @@ from dataclasses import dataclass
 
 from lab.node import Node, Process
 from lab.wait import WaitTimeout, wait_until
+from vpnjail import strongswan as shared
+from vpnjail.strongswan import render_sections, render_swanctl  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-REDACTED = "<redacted>"
-
-# Plugins every lab charon loads, besides the kernel backend's.
-BASE_PLUGINS = [
-    "random",
-    "nonce",
-    "openssl",
-    "aes",
-    "sha1",
-    "sha2",
-    "md5",
-    "hmac",
-    "gmp",
-    "pem",
-    "pkcs1",
-    "x509",
-    "pubkey",
-    "kdf",
-    "xcbc",
-    "gcm",
-    "socket-default",
-    "vici",
-    "attr",
-    "xauth-generic",
-    "unity",
-]
-
-# The kernel interface plugins per backend. kernel-libipsec is marked critical
-# ("!") so that a stack that cannot open a tun refuses to start instead of
-# silently falling back to the kernel's own IPsec through kernel-netlink.
-BACKEND_PLUGINS = {
-    ("linux", "netlink"): ["kernel-netlink"],
-    ("linux", "libipsec"): ["kernel-libipsec!", "kernel-netlink"],
-    ("freebsd", "pfkey"): ["kernel-pfkey", "kernel-pfroute"],
-    ("freebsd", "libipsec"): ["kernel-libipsec", "kernel-pfroute"],
-}
-
-CHARON_PATHS = {
-    "linux": "/usr/lib/ipsec/charon",
-    "freebsd": "/usr/local/libexec/ipsec/charon",
-}
-
-
-def plugin_list(system: str, backend: str) -> list[str]:
-    try:
-        kernel = BACKEND_PLUGINS[(system, backend)]
-    except KeyError:
-        raise ValueError(f"no kernel backend {backend!r} on {system}") from None
-    return BASE_PLUGINS + kernel
-
 
 def charon_settings(system: str, backend: str, extra: Mapping | None = None) -> dict:
-    """The ``charon`` section of strongswan.conf for a lab stack."""
-    settings = {
-        "load_modular": "no",
-        "load": " ".join(plugin_list(system, backend)),
-        "install_virtual_ip": "yes",
-        "plugins": {
-            "vici": {"socket": "unix:///run/charon.vici"},
-            # Pushed DNS servers must never reach the machine's resolv.conf.
-            "resolve": {"load": "no"},
-        },
-        "filelog": {
-            "lab": {
-                "path": "/run/charon.log",
-                "time_format": "%b %e %T",
-                "ike_name": "yes",
-                "flush_line": "yes",
-                "default": "1",
-                "ike": "2",
-                "knl": "2",
-                "cfg": "2",
-            }
-        },
-    }
-    return _merge(settings, extra or {})
-
-
-def _merge(base: dict, extra: Mapping) -> dict:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def render_sections(data: Mapping, indent: int = 0) -> str:
-    """Render nested dicts in strongSwan's settings syntax."""
-    pad = "  " * indent
-    lines = []
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            lines.append(f"{pad}{key} {{")
-            lines.append(render_sections(value, indent + 1).rstrip("\n"))
-            lines.append(f"{pad}}}")
-        else:
-            lines.append(f"{pad}{key} = {_scalar(value)}")
-    return "\n".join(line for line in lines if line) + "\n"
-
-
-def _scalar(value) -> str:
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value)
-    return str(value)
-
-
-def render_swanctl(conns: Mapping, secrets: list[dict], pools: Mapping) -> str:
-    """swanctl.conf text for what is loaded over VICI, secrets redacted."""
-    document = {
-        "connections": conns,
-        "secrets": {
-            f"{s['type'].lower()}-{n}": {"id": s["owners"], "secret": REDACTED}
-            for n, s in enumerate(secrets, 1)
-        },
-        "pools": pools,
-    }
-    return render_sections(document)
+    """The ``charon`` section for a lab stack, whose /run is private."""
+    return shared.charon_settings(system, backend, "/run", extra)
 
 
 @dataclass
@@ -155,13 +42,13 @@ class Charon:
     def write_config(self, charon: Mapping) -> str:
         path = os.path.join(self.run_dir, "strongswan.conf")
         with open(path, "w") as out:
-            out.write(render_sections({"charon": charon}))
+            out.write(shared.render_strongswan_conf(charon))
         return path
 
     def start(self, system: str = "linux", timeout: float = 15.0) -> None:
         """Start charon; return when VICI answers, or when charon has died."""
         self.process = self.node.spawn(
-            [CHARON_PATHS[system]],
+            [shared.CHARON_PATHS[system]],
             log_path=os.path.join(self.run_dir, "charon.out"),
             env={"STRONGSWAN_CONF": "/run/strongswan.conf"},
         )

@@ -8,6 +8,7 @@ established children, traffic) are given per case below.
 import re
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from lab import schema
@@ -62,7 +63,12 @@ CASES = [
         "UP",
         "client",
     ),
-    ("sad-netlink", dict(backend="netlink"), "SAD_INSTALL_FAILED(EPROTONOSUPPORT)", "client"),
+    (
+        "sad-netlink",
+        dict(backend="netlink"),
+        "SAD_INSTALL_FAILED(EPROTONOSUPPORT)",
+        "client",
+    ),
     (
         "no-tun",
         dict(started=False, alive=False),
@@ -210,6 +216,7 @@ def test_pfkey_sad_failure_is_einval():
     strict=True,
     reason="classify._sad_failed: a line matching both _SAD_ERRNO and _SAD_FAILED "
     "(kernel-pfkey's format) is kept twice in deciding (errnos[:1] + failed[:2])",
+    raises=AssertionError,
 )
 def test_pfkey_sad_failure_keeps_its_line_once():
     ev = Evidence(PFKEY_SAD_LINE + "\n", "", True, True, None, [], {}, "pfkey")
@@ -220,6 +227,7 @@ def test_pfkey_sad_failure_keeps_its_line_once():
     strict=True,
     reason="classify._sad_failed takes the first 'received netlink error' of the "
     "whole log, not the one that preceded the SAD failure",
+    raises=AssertionError,
 )
 def test_sad_errno_comes_from_the_error_before_the_sad_line():
     # Synthetic: an unrelated earlier netlink error (a route that exists)
@@ -277,6 +285,7 @@ def test_unknown_start_failure_is_error_with_the_log_tail():
                     reason="classify._crash_outcome qualifies DAEMON_CRASH as "
                     "'signal 11' (with a space), which schema.Rule.expect's "
                     "pattern rejects: the outcome cannot be recorded",
+                    raises=pydantic.ValidationError,
                 )
             ]
             if want.startswith("DAEMON_CRASH")

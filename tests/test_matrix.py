@@ -45,7 +45,9 @@ def test_cell_id_reads_platform_then_each_axis():
         assert cell.slug == cell.id.replace("/", "_")
 
 
-@pytest.mark.parametrize("cells", [matrix.default, matrix.full], ids=["default", "full"])
+@pytest.mark.parametrize(
+    "cells", [matrix.default, matrix.full], ids=["default", "full"]
+)
 def test_no_cell_puts_the_host_client_behind_nat(cells):
     assert not [
         c.id for c in cells(MATRIX) if c["isolation"] == "host" and c["nat"] == "nat"
@@ -115,7 +117,10 @@ def test_parse_selection_accepts_known_names(specs, want):
         ),
         (
             "auth=good,wrong-pin",
-            ["unknown auth value 'wrong-pin'", "good, wrong-psk, wrong-xauth, wrong-id"],
+            [
+                "unknown auth value 'wrong-pin'",
+                "good, wrong-psk, wrong-xauth, wrong-id",
+            ],
         ),
         ("backend", ["'backend'", "write AXIS=VALUE"]),
         ("backend=", ["'backend='", "write AXIS=VALUE"]),

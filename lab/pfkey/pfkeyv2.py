@@ -32,6 +32,7 @@ import ipaddress
 import logging
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -397,6 +398,9 @@ Extension = (
 )
 
 
+Decoder = Callable[[int, bytes, int, "Layout"], Extension]
+
+
 @dataclass(frozen=True)
 class Message:
     """One PF_KEY message: the ``sadb_msg`` header and its extensions."""
@@ -660,22 +664,17 @@ def _decode_extension(
 ) -> Extension:
     if not layout.freebsd_extensions and exttype in FREEBSD_ONLY_TYPES:
         return UnknownExt(exttype, body[4:])
-    decoder = _DECODERS.get(_kind_of(exttype))
+    decoder = _decoder_for(exttype)
     if decoder is None:
         return UnknownExt(exttype, body[4:])
     return decoder(exttype, body, offset, layout)
 
 
-def _kind_of(exttype: int) -> str | int:
-    for kind, members in (
-        ("lifetime", LIFETIME_TYPES),
-        ("address", ADDRESS_TYPES),
-        ("key", KEY_TYPES),
-        ("nat_t_port", NAT_T_PORT_TYPES),
-    ):
+def _decoder_for(exttype: int) -> Decoder | None:
+    for members, decoder in _SHARED_DECODERS:
         if exttype in members:
-            return kind
-    return exttype
+            return decoder
+    return _SINGLE_DECODERS.get(exttype)
 
 
 def _expect_size(body: bytes, size: int, exttype: int, offset: int) -> None:
@@ -800,14 +799,17 @@ def _decode_spirange(
     return SpiRangeExt(min_spi, max_spi)
 
 
-_DECODERS = {
+# Several extension types share one layout (e.g. hard and soft lifetimes).
+_SHARED_DECODERS = (
+    (LIFETIME_TYPES, _decode_lifetime),
+    (ADDRESS_TYPES, _decode_address),
+    (KEY_TYPES, _decode_key),
+    (NAT_T_PORT_TYPES, _decode_nat_t_port),
+)
+_SINGLE_DECODERS = {
     ExtType.SA: _decode_sa,
-    "lifetime": _decode_lifetime,
-    "address": _decode_address,
-    "key": _decode_key,
     ExtType.X_SA2: _decode_sa2,
     ExtType.X_NAT_T_TYPE: _decode_nat_t_type,
-    "nat_t_port": _decode_nat_t_port,
     ExtType.X_SA_REPLAY: _decode_sa_replay,
     ExtType.SPIRANGE: _decode_spirange,
 }

@@ -46,6 +46,11 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from typing import Protocol
 
+# The repository targets 3.11, but this file also runs alone on a jail's own
+# python3, where an older version would otherwise end in a traceback.
+if sys.version_info < (3, 11):  # noqa: UP036
+    sys.exit("pfkey-probe: python 3.11 or later is needed (pkg install python311)")
+
 if __package__:
     from . import pfkeyv2 as pk
 else:  # run as ``python3 probe.py`` from inside the copied directory
@@ -80,6 +85,7 @@ _UNAVAILABLE_ERRNOS = frozenset(
     if hasattr(errno_codes, name)
 )
 _PRIVILEGE_ERRNOS = frozenset({errno_codes.EPERM, errno_codes.EACCES})
+EINVAL = errno_codes.EINVAL
 
 
 class Category(enum.StrEnum):
@@ -737,13 +743,12 @@ def _leftover_hint(spi: int) -> str:
 
 
 def describe_host() -> dict[str, str]:
-    """Enough about the machine to tell reports apart."""
+    """System, release and machine; no host name, evidence may be shared."""
     uname = platform.uname()
     return {
         "system": uname.system,
         "release": uname.release,
         "machine": uname.machine,
-        "node": uname.node,
         "python": platform.python_version(),
     }
 
@@ -756,11 +761,7 @@ def decide_verdict(steps: Sequence[StepResult]) -> Verdict:
     baseline = _first(steps, Category.BASELINE)
     control = _first(steps, Category.CONTROL)
     if baseline is None or control is None:
-        return Verdict(
-            VerdictCode.INCONCLUSIVE,
-            _SUMMARY[VerdictCode.INCONCLUSIVE],
-            ("baseline or control missing",),
-        )
+        return _verdict(VerdictCode.INCONCLUSIVE, "baseline or control missing")
     if not (baseline.answered and control.answered):
         return _inconclusive(baseline, control)
     if control.accepted:
@@ -797,9 +798,9 @@ _SUMMARY = {
     ),
     VerdictCode.ALGORITHM: (
         "the kernel accepts strongSwan's SA shapes and refuses only algorithms "
-        "FreeBSD 13 and later removed: if the negotiated phase-2 proposal uses "
-        "one of them, that is the cause (restrict esp= to e.g. aes128-sha1, "
-        "aes256-sha256 or aes256gcm16)"
+        "FreeBSD 13 and later do not implement: if the negotiated phase-2 "
+        "proposal uses one of them, that is the cause (restrict esp= to e.g. "
+        "aes128-sha1, aes256-sha256 or aes256gcm16)"
     ),
     VerdictCode.NAT_T: (
         "only the NAT-T variants fail: the kernel refuses strongSwan's NAT-T "
@@ -830,21 +831,23 @@ def _first(steps: Iterable[StepResult], category: Category) -> StepResult | None
     return next((step for step in steps if step.category is category), None)
 
 
+def _verdict(code: VerdictCode, *reasons: str) -> Verdict:
+    return Verdict(code, _SUMMARY[code], reasons)
+
+
 def _inconclusive(baseline: StepResult, control: StepResult) -> Verdict:
     silent = [s for s in (baseline, control) if not s.answered]
-    reasons = tuple(f"{s.variant}: {s.stage} {s.detail}".rstrip() for s in silent)
-    return Verdict(
-        VerdictCode.INCONCLUSIVE, _SUMMARY[VerdictCode.INCONCLUSIVE], reasons
-    )
+    reasons = [f"{s.variant}: {s.stage} {s.detail}".rstrip() for s in silent]
+    return _verdict(VerdictCode.INCONCLUSIVE, *reasons)
 
 
 def _unreliable(control: StepResult, steps: Sequence[StepResult]) -> Verdict:
-    reasons = (
+    return _verdict(
+        VerdictCode.UNRELIABLE,
         f"{control.variant} was accepted although key_setnatt must refuse a "
         "zero NAT-T port",
         *_side_notes(steps),
     )
-    return Verdict(VerdictCode.UNRELIABLE, _SUMMARY[VerdictCode.UNRELIABLE], reasons)
 
 
 def _baseline_refused(
@@ -855,25 +858,15 @@ def _baseline_refused(
     if accepted:
         baseline = _errno_of(_first(steps, Category.BASELINE))
         reason = f"baseline refused ({baseline}) but accepted: {', '.join(accepted)}"
-        return Verdict(
-            VerdictCode.MIXED,
-            _SUMMARY[VerdictCode.MIXED],
-            (reason, *_side_notes(steps)),
-        )
-    odd = [
-        s
-        for s in answered
-        if s.stage is not Stage.REPLY or s.errno != errno_codes.EINVAL
-    ]
+        return _verdict(VerdictCode.MIXED, reason, *_side_notes(steps))
+    # Only an EINVAL answer fits a missing transform; send() errors do not.
+    odd = [s for s in answered if (s.stage, s.errno) != (Stage.REPLY, EINVAL)]
     if odd:
         listed = ", ".join(f"{s.variant} {_errno_of(s)} ({s.stage})" for s in odd)
         reason = f"every SADB_ADD failed, but not all with an EINVAL answer: {listed}"
-        return Verdict(
-            VerdictCode.MIXED,
-            _SUMMARY[VerdictCode.MIXED],
-            (reason, *_side_notes(steps)),
-        )
-    reasons = (
+        return _verdict(VerdictCode.MIXED, reason, *_side_notes(steps))
+    return _verdict(
+        VerdictCode.TRANSFORM_MISSING,
         f"all {len(answered)} SADB_ADD variants were refused with EINVAL, "
         "including the baseline and AES-GCM-16, which FreeBSD 13+ supports",
         "SA initialisation (key_setsaval -> xform_init) fails for every "
@@ -882,42 +875,35 @@ def _baseline_refused(
         *_getspi_notes(steps),
         *_side_notes(steps),
     )
-    return Verdict(
-        VerdictCode.TRANSFORM_MISSING, _SUMMARY[VerdictCode.TRANSFORM_MISSING], reasons
-    )
 
 
 def _baseline_accepted(
     steps: Sequence[StepResult], adds: Sequence[StepResult]
 ) -> Verdict:
-    nat_t = _first(steps, Category.NAT_T)
-    replay = _first(steps, Category.REPLAY)
-    both = _first(steps, Category.NAT_T_REPLAY)
-    nat_t_refused = nat_t is not None and nat_t.refused
-    replay_refused = replay is not None and replay.refused
+    nat_t = _refused(steps, Category.NAT_T)
+    replay = _refused(steps, Category.REPLAY)
+    both = _refused(steps, Category.NAT_T_REPLAY)
     notes = (*_algorithm_notes(adds), *_untested_notes(steps), *_side_notes(steps))
-    if nat_t_refused and not replay_refused:
-        reason = f"baseline accepted, nat-t refused ({_errno_of(nat_t)})"
-        return Verdict(VerdictCode.NAT_T, _SUMMARY[VerdictCode.NAT_T], (reason, *notes))
-    if replay_refused and not nat_t_refused:
-        reason = f"baseline accepted, replay refused ({_errno_of(replay)})"
-        return Verdict(
-            VerdictCode.REPLAY, _SUMMARY[VerdictCode.REPLAY], (reason, *notes)
-        )
-    if nat_t_refused or (both is not None and both.refused):
-        reason = (
-            "NAT-T and replay variants fail in a combination no single cause explains"
-        )
-        return Verdict(VerdictCode.MIXED, _SUMMARY[VerdictCode.MIXED], (reason, *notes))
+    if nat_t and not replay:
+        return _verdict(VerdictCode.NAT_T, "baseline accepted, nat-t refused", *notes)
+    if replay and not nat_t:
+        return _verdict(VerdictCode.REPLAY, "baseline accepted, replay refused", *notes)
+    if nat_t or both:
+        reason = "NAT-T and replay variants fail in a combination no cause explains"
+        return _verdict(VerdictCode.MIXED, reason, *notes)
     if any(s.category is Category.REMOVED_ALGORITHM and s.refused for s in adds):
         reason = "baseline, NAT-T and replay shapes accepted"
-        return Verdict(
-            VerdictCode.ALGORITHM, _SUMMARY[VerdictCode.ALGORITHM], (reason, *notes)
-        )
+        return _verdict(VerdictCode.ALGORITHM, reason, *notes)
+    if _refused(steps, Category.AEAD):
+        reason = "only AES-GCM-16 refused, which FreeBSD 13+ implements"
+        return _verdict(VerdictCode.MIXED, reason, *notes)
     reason = "baseline, NAT-T, replay and every algorithm variant accepted"
-    return Verdict(
-        VerdictCode.ACCEPTS_ALL, _SUMMARY[VerdictCode.ACCEPTS_ALL], (reason, *notes)
-    )
+    return _verdict(VerdictCode.ACCEPTS_ALL, reason, *notes)
+
+
+def _refused(steps: Sequence[StepResult], category: Category) -> bool:
+    step = _first(steps, category)
+    return step is not None and step.refused
 
 
 def _algorithm_notes(adds: Sequence[StepResult]) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ candidate cause can be replayed.
 
 import errno
 import json
+import runpy
 import shutil
 import socket
 import subprocess
@@ -150,7 +151,7 @@ def accepts_everything(request: pk.Message) -> int:
     return 0
 
 
-def freebsd12(request: pk.Message) -> int:
+def accepts_all_but_port_0(request: pk.Message) -> int:
     return errno.EINVAL if 0 in nat_t_ports(request) else 0
 
 
@@ -301,7 +302,7 @@ def test_random_spi_base_is_valid():
         (broken_nat_t, probe.VerdictCode.NAT_T),
         (broken_replay, probe.VerdictCode.REPLAY),
         (accepts_everything, probe.VerdictCode.UNRELIABLE),
-        (freebsd12, probe.VerdictCode.ACCEPTS_ALL),
+        (accepts_all_but_port_0, probe.VerdictCode.ACCEPTS_ALL),
     ],
     ids=lambda value: getattr(value, "__name__", str(value)),
 )
@@ -589,6 +590,15 @@ def test_verdict_gcm16_refused_is_flagged():
     assert any("crypto drivers" in reason for reason in verdict.reasons)
 
 
+def test_verdict_only_gcm16_refused_is_mixed():
+    rows = table(aes_gcm_16=EINVAL)
+
+    verdict = probe.verdict_from_errnos(rows)
+
+    assert verdict.code is probe.VerdictCode.MIXED
+    assert "only AES-GCM-16 refused" in verdict.reasons[0]
+
+
 def test_verdict_rejects_unknown_variant_names():
     with pytest.raises(ValueError, match="bogus"):
         probe.verdict_from_errnos({"bogus": 0})
@@ -849,3 +859,12 @@ def test_copied_directory_reports_bad_arguments_in_one_line(copied_package):
     assert result.returncode == 2
     assert result.stdout == ""
     assert_one_line(result.stderr)
+
+
+def test_old_python_gets_one_line_instead_of_traceback(copied_package, monkeypatch):
+    monkeypatch.setattr(sys, "version_info", (3, 10, 12))
+
+    with pytest.raises(SystemExit) as caught:
+        runpy.run_path(str(copied_package / "pfkey" / "probe.py"))
+
+    assert str(caught.value).startswith("pfkey-probe: python 3.11 or later")
