@@ -7,6 +7,7 @@ decides and keeps the log lines that decided it, so a report shows why.
 
 import errno
 import re
+import signal as signal_module
 from dataclasses import dataclass
 
 from lab.outcome import Outcome
@@ -120,37 +121,60 @@ def _crashed(ev: Evidence) -> Outcome | None:
 
 
 def _crash_outcome(lines: list[str]) -> Outcome:
-    signals = [
+    numbers = [
         m.group(1) for line in lines if (m := _CRASH.search(line)) and m.group(1)
     ]
-    signal = f"signal {signals[0]}" if signals else ""
     return Outcome(
         "DAEMON_CRASH",
-        signal,
+        _signal_name(int(numbers[0])) if numbers else "",
         "client charon died on a signal",
         tuple(("client", line) for line in lines[:3]),
     )
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal_module.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
 def _sad_failed(ev: Evidence) -> Outcome | None:
-    failed = _lines(ev.client_log, _SAD_FAILED)
+    lines = ev.client_log.splitlines()
+    failed = [n for n, line in enumerate(lines) if _SAD_FAILED.search(line)]
     if not failed:
         return None
-    errnos = _lines(ev.client_log, _SAD_ERRNO) or _lines(ev.client_log, _NETLINK_ERRNO)
+    first = failed[0]
+    errno_line = _errno_line(lines, first)
     number = None
-    for line in errnos:
-        match = _SAD_ERRNO.search(line) or _NETLINK_ERRNO.search(line)
+    if errno_line is not None:
+        match = _SAD_ERRNO.search(errno_line) or _NETLINK_ERRNO.search(errno_line)
         number = int(match.group(1))
-        break
-    name = errno.errorcode.get(number, f"errno {number}") if number else "unknown"
+    name = errno.errorcode.get(number, f"errno{number}") if number else "unknown"
     install = _lines(ev.client_log, re.compile(r"unable to install .* in kernel"))
-    deciding = errnos[:1] + failed[:2] + install[:1]
+    deciding = []
+    for line in [errno_line] + [lines[n] for n in failed[:2]] + install[:1]:
+        if line is not None and line not in deciding:
+            deciding.append(line)
     return Outcome(
         "SAD_INSTALL_FAILED",
         name,
         f"the kernel refused the SA: {name}",
         tuple(("client", line) for line in deciding),
     )
+
+
+def _errno_line(lines: list[str], failed_at: int) -> str | None:
+    """The errno behind the SAD failure: on its own line (kernel-pfkey), or
+    the nearest netlink error logged just before it (kernel-netlink)."""
+    if _SAD_ERRNO.search(lines[failed_at]):
+        return lines[failed_at]
+    for line in reversed(lines[:failed_at]):
+        if _NETLINK_ERRNO.search(line):
+            return line
+        if _SAD_FAILED.search(line) or "adding SAD entry" in line:
+            break
+    return None
 
 
 def _auth_failed(ev: Evidence) -> Outcome | None:

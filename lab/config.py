@@ -3,6 +3,8 @@
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from lab import expectations, schema
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -59,10 +61,10 @@ def _check_overrides(loaded: dict, path: Path) -> list[str]:
     for value, overrides in loaded["matrix"].auth.items():
         try:
             client.with_overrides(loaded["client"], overrides)
-        except Exception as exc:
-            first = str(exc).splitlines()
-            problems.append(
-                f"{path}: auth.{value}: does not fit client.yaml: "
-                f"{' '.join(first[1:3]) if len(first) > 1 else first[0]}"
-            )
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                problems.append(
+                    f"{path}: auth.{value}: does not fit client.yaml: "
+                    f"{schema.describe_error(error)}"
+                )
     return problems

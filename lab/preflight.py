@@ -23,7 +23,7 @@ PLUGINS = [
     ("xauth-generic", "libcharon-extauth-plugins"),
     ("vici", "strongswan-swanctl"),
     ("kernel-netlink", "libstrongswan"),
-    ("openssl", "libstrongswan"),
+    ("openssl", "libstrongswan-standard-plugins"),
 ]
 
 

@@ -29,7 +29,7 @@ class Redactor:
             return self.text(value)
         if isinstance(value, dict):
             return {k: self.data(v) for k, v in value.items()}
-        if isinstance(value, list):
+        if isinstance(value, (list, tuple)):
             return [self.data(v) for v in value]
         return value
 

@@ -63,4 +63,10 @@ def load_results(path: str) -> dict:
         data = json.load(src)
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
         raise ValueError(f"{path}: not a lab results file (no 'cells' list)")
+    for number, cell in enumerate(data["cells"]):
+        missing = [
+            k for k in ("id", "outcome") if not isinstance(cell, dict) or k not in cell
+        ]
+        if missing:
+            raise ValueError(f"{path}: cells[{number}] has no {', '.join(missing)}")
     return data

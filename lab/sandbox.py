@@ -1,4 +1,4 @@
-"""A private /run, /etc-free strongSwan configuration and /dev for a stack.
+"""A private /run, strongSwan configuration and /dev for a lab stack.
 
 The sandbox is a mount namespace held open by a tagged ``sleep`` process.
 Inside it, the stack's runtime directory is bind-mounted over /run (so
@@ -9,44 +9,20 @@ the device nodes the cell's device policy allows.
 
 import logging
 import os
-import shlex
 
 from lab.node import Node, Process
 from lab.wait import wait_until
+from vpnjail import linux_sandbox
+from vpnjail.linux_sandbox import READY_FILE
 
 log = logging.getLogger(__name__)
 
-READY_FILE = "sandbox.ready"
-
-# (path, type, major, minor, mode): the nodes every stack gets.
-BASE_DEVICES = [
-    ("null", "c", 1, 3, "0666"),
-    ("zero", "c", 1, 5, "0666"),
-    ("full", "c", 1, 7, "0666"),
-    ("random", "c", 1, 8, "0666"),
-    ("urandom", "c", 1, 9, "0666"),
-]
-TUN_DEVICE = ("net/tun", "c", 10, 200, "0600")
-
-DEVICE_POLICIES = {
-    "tun-visible": BASE_DEVICES + [TUN_DEVICE],
-    "tun-hidden": BASE_DEVICES,
-}
+DEVICE_POLICIES = {"tun-visible": True, "tun-hidden": False}
 
 
 def render_script(run_dir: str, policy: str) -> str:
     """The shell script that builds the sandbox, kept as evidence."""
-    lines = [
-        "set -eu",
-        "mount --make-rprivate /",
-        f"mount --bind {shlex.quote(run_dir)} /run",
-        "mount -t tmpfs -o mode=0755,size=64k vjlab-dev /dev",
-        "mkdir -p /dev/net /dev/pts /dev/shm",
-    ]
-    for path, kind, major, minor, mode in DEVICE_POLICIES[policy]:
-        lines.append(f"mknod -m {mode} /dev/{path} {kind} {major} {minor}")
-    lines += [f": > /run/{READY_FILE}", "exec sleep infinity"]
-    return "\n".join(lines) + "\n"
+    return linux_sandbox.render_script(run_dir, tun=DEVICE_POLICIES[policy])
 
 
 def start(node: Node, run_dir: str, policy: str, timeout: float = 10.0) -> Process:

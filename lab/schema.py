@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -42,7 +43,10 @@ def _pool(value: str) -> str:
     if not sep:
         ipaddress.ip_network(value, strict=True)
         return value
-    if ipaddress.ip_address(first) > ipaddress.ip_address(last):
+    start, end = ipaddress.ip_address(first), ipaddress.ip_address(last)
+    if start.version != end.version:
+        raise ValueError("range mixes IPv4 and IPv6 addresses")
+    if start > end:
         raise ValueError("range start is above its end")
     return value
 
@@ -172,8 +176,18 @@ def _axis_references(matrix: Matrix):
 class Rule(Strict):
     when: dict[str, str] = Field(default_factory=dict)
     requires: dict[str, bool] = Field(default_factory=dict)
-    expect: str = Field(pattern=r"^[A-Z_]+(\([A-Za-z0-9_.:-]+\))?$")
+    expect: str = Field(pattern=r"^[A-Z_]+(\([A-Za-z0-9_.:,-]+\))?$")
     why: str = ""
+
+    @field_validator("expect")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        from lab.outcome import KINDS
+
+        kind = value.split("(", 1)[0]
+        if kind not in KINDS:
+            raise ValueError(f"unknown outcome {kind!r}; allowed: {', '.join(KINDS)}")
+        return value
 
 
 class Expectations(Strict):
@@ -203,14 +217,19 @@ def _yaml_where(exc: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}: {problem}" if mark else problem
 
 
+def describe_error(error: dict) -> str:
+    """One pydantic error as ``field: message``, never echoing the input."""
+    field = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown field; remove it or check its spelling"
+    elif error["type"] == "missing":
+        message = "required field is missing"
+    return f"{field}: {message}" if field else message
+
+
 def _problems(path: Path, exc: ValidationError) -> list[str]:
     problems = []
     for error in exc.errors(include_url=False):
-        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown field; remove it or check its spelling"
-        elif error["type"] == "missing":
-            message = "required field is missing"
-        problems.append(f"{path}: {field}: {message}")
+        problems.append(f"{path}: {describe_error(error)}")
     return problems

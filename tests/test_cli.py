@@ -61,13 +61,6 @@ def test_diff_of_a_bad_file_exits_2_with_one_line(tmp_path, capsys, content, wor
     assert "Traceback" not in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="results.load_results checks only for a 'cells' list; diff.compare "
-    "then indexes cell['outcome'] and the KeyError escapes cli.main's "
-    "(OSError, ValueError) handler as a traceback",
-    raises=KeyError,
-)
 def test_diff_of_cells_without_outcome_exits_2(tmp_path, capsys):
     good = results_file(tmp_path / "good.json", "UP")
     bad = tmp_path / "bad.json"

@@ -106,17 +106,7 @@ def test_tool_package_is_the_one_debian_ships_it_in(name, package):
         ("xauth-generic", "libcharon-extauth-plugins"),
         ("vici", "strongswan-swanctl"),
         ("kernel-netlink", "libstrongswan"),
-        pytest.param(
-            "openssl",
-            "libstrongswan-standard-plugins",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="preflight.PLUGINS names libstrongswan for the openssl "
-                "plugin; on Debian 12 libstrongswan-openssl.so is in "
-                "libstrongswan-standard-plugins",
-                raises=AssertionError,
-            ),
-        ),
+        ("openssl", "libstrongswan-standard-plugins"),
     ],
 )
 def test_plugin_package_is_the_one_debian_ships_it_in(plugin, package):

@@ -46,7 +46,8 @@ def test_script_stops_on_error_marks_ready_then_holds_the_namespace():
     assert sandbox.READY_FILE == "sandbox.ready"
 
 
-def test_unknown_policy_is_a_key_error_in_render_script():
-    # start() checks the policy first; render_script alone trusts its caller.
-    with pytest.raises(KeyError):
-        sandbox.render_script(RUN_DIR, "tun-everywhere")
+def test_unknown_policy_is_refused_before_anything_is_created(tmp_path):
+    run_dir = tmp_path / "jail"
+    with pytest.raises(ValueError, match="unknown device policy 'tun-everywhere'"):
+        sandbox.start(None, str(run_dir), "tun-everywhere")
+    assert not run_dir.exists()

@@ -36,21 +36,39 @@ def test_render_sections_nests_and_joins_lists():
     )
 
 
-@pytest.mark.parametrize(
-    ("system", "backend", "kernel"),
-    [
-        ("linux", "netlink", ["kernel-netlink"]),
-        # Critical ("!"): without a tun charon must refuse to start rather
-        # than fall back to kernel-netlink (strongSwan 5.9.8 crashes there).
-        ("linux", "libipsec", ["kernel-libipsec!", "kernel-netlink"]),
-        ("freebsd", "pfkey", ["kernel-pfkey", "kernel-pfroute"]),
-        ("freebsd", "libipsec", ["kernel-libipsec", "kernel-pfroute"]),
-    ],
-)
+def load_list(system: str, backend: str) -> list[str]:
+    """The plugins charon is told to load, as strongswan.conf says it."""
+    return strongswan.charon_settings(system, backend)["load"].split()
+
+
+KERNEL_PLUGINS = [
+    ("linux", "netlink", ["kernel-netlink"]),
+    # Critical ("!"): without a tun charon must refuse to start rather than
+    # fall back to kernel-netlink (strongSwan 5.9.8 crashes there).
+    ("linux", "libipsec", ["kernel-libipsec!", "kernel-netlink"]),
+    ("freebsd", "pfkey", ["kernel-pfkey", "kernel-pfroute"]),
+    ("freebsd", "libipsec", ["kernel-libipsec", "kernel-pfroute"]),
+]
+
+
+@pytest.mark.parametrize(("system", "backend", "kernel"), KERNEL_PLUGINS)
 def test_plugin_list_ends_with_the_backend_plugins(system, backend, kernel):
-    plugins = strongswan.plugin_list(system, backend)
-    assert plugins == strongswan.BASE_PLUGINS + kernel
+    plugins = load_list(system, backend)
+    assert plugins[-len(kernel) :] == kernel
+    assert not [p for p in plugins[: -len(kernel)] if p.startswith("kernel-")]
     assert len(set(plugins)) == len(plugins)
+
+
+def test_every_backend_shares_the_same_base_plugins():
+    bases = {
+        tuple(load_list(system, backend)[: -len(kernel)])
+        for system, backend, kernel in KERNEL_PLUGINS
+    }
+    assert len(bases) == 1
+    (base,) = bases
+    for plugin in ("openssl", "socket-default", "vici", "attr", "xauth-generic"):
+        assert plugin in base
+    assert base[-1] == "unity"
 
 
 @pytest.mark.parametrize(
@@ -58,25 +76,22 @@ def test_plugin_list_ends_with_the_backend_plugins(system, backend, kernel):
 )
 def test_unknown_backend_is_an_error_naming_it(system, backend):
     with pytest.raises(ValueError, match=f"no kernel backend '{backend}' on {system}"):
-        strongswan.plugin_list(system, backend)
+        strongswan.charon_settings(system, backend)
 
 
-def test_base_plugins_hold_what_the_fortigate_profile_needs():
-    for plugin in ("xauth-generic", "unity", "vici", "attr", "socket-default"):
-        assert plugin in strongswan.BASE_PLUGINS
-
-
-def test_charon_settings_load_line_and_log_levels():
+def test_charon_settings_private_run_and_log_levels():
     settings = strongswan.charon_settings("linux", "libipsec")
-    assert settings["load"].split() == strongswan.plugin_list("linux", "libipsec")
     assert settings["load_modular"] == "no"
-    log = settings["filelog"]["lab"]
+    assert settings["plugins"]["vici"] == {"socket": "unix:///run/charon.vici"}
+    (log,) = settings["filelog"].values()
     assert (log["path"], log["ike"], log["knl"], log["cfg"]) == (
         "/run/charon.log",
         "2",
         "2",
         "2",
     )
+    # The classifier reads "<conn|n>" prefixes: the IKE_SA name must be logged.
+    assert log["ike_name"] == "yes"
     # Pushed DNS must never reach the machine's resolv.conf.
     assert settings["plugins"]["resolve"] == {"load": "no"}
 

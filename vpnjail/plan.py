@@ -23,7 +23,9 @@ class WriteFile:
 @dataclass(frozen=True)
 class Run:
     argv: tuple[str, ...]
-    # "host": the host stack the driver works in; "jail": the profile's stack.
+    # "host": the host stack the driver works in; "jail": the profile's
+    # stack; "netns" (Linux): its network namespace before the sandbox
+    # exists; "system": as is, in no particular stack.
     where: str = "host"
     input_text: str | None = None
     ok_codes: tuple[int, ...] = (0,)

@@ -67,6 +67,18 @@ class Driver:
         """Start a detached daemon; return its pid."""
         raise NotImplementedError
 
+    def wait_started(self, action: Spawn, layout: Layout, pid: int, timeout: float):
+        """Return once the spawned daemon is ready; raise if it died."""
+        raise NotImplementedError
+
+    def stop(self, layout: Layout) -> None:
+        """Stop every daemon of the profile."""
+        raise NotImplementedError
+
+    def forget(self, layout: Layout) -> None:
+        """Remove the profile's private files (run and config directories)."""
+        raise NotImplementedError
+
     def preflight(self, profiles: list[Profile]) -> list[str]:
         """Host problems for these profiles, each with the command fixing it."""
         raise NotImplementedError

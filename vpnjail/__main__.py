@@ -1,0 +1,5 @@
+import sys
+
+from vpnjail.cli import main
+
+sys.exit(main())

@@ -1,0 +1,264 @@
+"""Bringing profiles up and down, and reading their state.
+
+The manager holds the policy: it validates profiles, picks link addresses,
+asks the driver for a plan, carries it out with rollback, then talks to the
+profile's charon over VICI. It works the same on every operating system.
+"""
+
+import concurrent.futures
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from vpnjail import pool, render
+from vpnjail import vici_control as control
+from vpnjail.drivers.base import Driver, Layout, LinkAddresses
+from vpnjail.plan import Plan, Run, Spawn, WriteFile
+from vpnjail.profile import LoadedProfile, Profile, ProfileError
+from vpnjail.state import State
+
+log = logging.getLogger(__name__)
+
+
+class UpError(Exception):
+    """Bringing a profile up failed; what it created has been removed."""
+
+
+@dataclass
+class Outcome:
+    name: str
+    ok: bool
+    message: str
+    details: dict = field(default_factory=dict)
+
+
+class Manager:
+    def __init__(
+        self,
+        driver: Driver,
+        state: State,
+        link_pool: str = pool.DEFAULT_POOL,
+        timeout: float = 30.0,
+    ):
+        self.driver = driver
+        self.state = state
+        self.link_pool = link_pool
+        self.timeout = timeout
+
+    # -- up -----------------------------------------------------------------
+
+    def up_many(self, loaded: list[LoadedProfile]) -> list[Outcome]:
+        """Bring profiles up in parallel; one outcome each."""
+        workers = max(1, min(16, len(loaded)))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool_:
+            return list(pool_.map(self.up_one, loaded, [loaded] * len(loaded)))
+
+    def up_one(self, item: LoadedProfile, everyone: list[LoadedProfile]) -> Outcome:
+        profile = item.profile
+        try:
+            with self.state.lock(profile.name):
+                return self._up_locked(item, everyone)
+        except (UpError, ProfileError) as exc:
+            return Outcome(profile.name, False, str(exc))
+
+    def _up_locked(self, item: LoadedProfile, everyone) -> Outcome:
+        profile = item.profile
+        record = self.state.load(profile.name)
+        if record is not None and self._charon_alive(profile.name):
+            established = self.ensure_tunnel(profile, str(item.path))
+            return Outcome(
+                profile.name,
+                established,
+                "already running" + ("" if established else "; tunnel not established"),
+            )
+        if record is not None:
+            self.down_one(profile.name)
+        rendered = render.render(self.driver.system, profile, str(item.path), True)
+        link = self._link_for(profile, everyone)
+        layout = self.driver.layout(profile)
+        plan = self.driver.plan_up(profile, link, rendered.charon_conf)
+        self.state.save(profile.name, _record(profile, link, layout, "starting"))
+        try:
+            Executor(self.driver, layout, self.timeout).carry_out(plan)
+            virtual_ip = self._connect(profile, layout, rendered)
+        except Exception as exc:
+            self._rollback(profile.name, plan, layout)
+            raise UpError(
+                f"{profile.name}: {exc}; everything it created was removed"
+            ) from exc
+        self.state.save(profile.name, _record(profile, link, layout, "up", virtual_ip))
+        return Outcome(profile.name, True, f"up, virtual IP {virtual_ip or 'none'}")
+
+    def _link_for(self, profile: Profile, everyone) -> LinkAddresses:
+        if profile.link is not None:
+            return LinkAddresses(profile.link.host, profile.link.jail)
+        with self.state.lock("pool"):
+            taken = set()
+            for name in self.state.names():
+                rec = self.state.load(name) or {}
+                if rec.get("link") and name != profile.name:
+                    taken |= pool.addresses(LinkAddresses(**rec["link"]))
+            for other in everyone:
+                if other.profile.link is not None:
+                    taken |= pool.addresses(
+                        LinkAddresses(other.profile.link.host, other.profile.link.jail)
+                    )
+            link = pool.allocate(self.link_pool, taken)
+            # Reserve it before leaving the pool lock.
+            self.state.save(profile.name, {"name": profile.name, "link": link.__dict__})
+            return link
+
+    def _connect(self, profile: Profile, layout: Layout, rendered) -> str | None:
+        session = control.connect(layout.vici_socket, self.timeout)
+        control.load(session, rendered.conns, rendered.secrets)
+        error = control.initiate(session, rendered.child, self.timeout)
+        if error:
+            raise UpError(
+                f"tunnel did not come up: {error}; see `vpnjail logs {profile.name}`"
+            )
+        virtual_ip = control.virtual_ip(session)
+        self._apply_tunnel_forwards(profile, layout, virtual_ip)
+        return virtual_ip
+
+    def _apply_tunnel_forwards(self, profile, layout, virtual_ip) -> None:
+        from vpnjail.drivers.linux import tunnel_forward_nft
+
+        if self.driver.system != "linux" or virtual_ip is None:
+            return
+        ruleset = tunnel_forward_nft(profile, "vpnjail_forward", virtual_ip)
+        if ruleset is None:
+            return
+        for action in (
+            Run(("sysctl", "-q", "-w", "net.ipv4.ip_forward=1"), "jail"),
+            Run(
+                ("nft", "delete", "table", "ip", "vpnjail_forward"),
+                "jail",
+                ok_codes=(0, 1),
+            ),
+            Run(("nft", "-f", "-"), "jail", input_text=ruleset),
+        ):
+            _check(self.driver.run(action, layout), action)
+
+    def ensure_tunnel(self, profile: Profile, where: str) -> bool:
+        """Initiate the tunnel again if it is not established."""
+        layout = self.driver.layout(profile)
+        try:
+            session = control.connect(layout.vici_socket, self.timeout)
+            if control.established(session):
+                return True
+            rendered = render.render(self.driver.system, profile, where, True)
+            control.load(session, rendered.conns, rendered.secrets)
+            return control.initiate(session, rendered.child, self.timeout) is None
+        except OSError as exc:
+            log.info("%s: VICI unreachable: %s", profile.name, exc)
+            return False
+
+    def _charon_alive(self, name: str) -> bool:
+        layout = self.driver.layout(name)
+        return os.path.exists(layout.vici_socket) and control.reachable(
+            layout.vici_socket
+        )
+
+    def _rollback(self, name: str, plan: Plan, layout: Layout) -> None:
+        self.driver.stop(layout)
+        for step in reversed(plan.steps):
+            for action in step.undo:
+                if isinstance(action, Run):
+                    self.driver.run(action, layout)
+        self.driver.forget(layout)
+        self.state.remove(name)
+
+    # -- down ---------------------------------------------------------------
+
+    def down_one(self, name: str) -> Outcome:
+        layout = self.driver.layout(name)
+        self.driver.stop(layout)
+        problems = []
+        for step in self.driver.plan_down(name).steps:
+            for action in step.do:
+                if isinstance(action, Run):
+                    result = self.driver.run(action, layout)
+                    if result.returncode not in action.ok_codes:
+                        problems.append(f"{action.describe()}: {result.stderr.strip()}")
+        self.driver.forget(layout)
+        self.state.remove(name)
+        if problems:
+            return Outcome(name, False, "; ".join(problems))
+        return Outcome(name, True, "down")
+
+    def down(self, names: list[str]) -> list[Outcome]:
+        outcomes = []
+        for name in names:
+            with self.state.lock(name):
+                if self.state.load(name) is None:
+                    outcomes.append(Outcome(name, False, "not running"))
+                    continue
+                outcomes.append(self.down_one(name))
+        return outcomes
+
+    # -- status -------------------------------------------------------------
+
+    def status(self, name: str) -> dict:
+        record = self.state.load(name) or {}
+        layout = self.driver.layout(name)
+        info = {"name": name, "link": record.get("link"), "state": "down"}
+        if not os.path.exists(layout.vici_socket):
+            return info
+        try:
+            session = control.connect(layout.vici_socket, 5)
+            info.update(control.describe(session))
+        except OSError as exc:
+            info["state"] = f"charon unreachable: {exc}"
+            return info
+        info["last_dpd"] = control.last_dpd(layout.log_file)
+        return info
+
+
+class Executor:
+    """Carries out a plan's actions through a driver, step by step."""
+
+    def __init__(self, driver: Driver, layout: Layout, timeout: float):
+        self.driver = driver
+        self.layout = layout
+        self.timeout = timeout
+
+    def carry_out(self, plan: Plan) -> None:
+        for step in plan.steps:
+            log.debug("%s: %s", plan.profile, step.title)
+            for action in step.do:
+                self._do(action)
+
+    def _do(self, action) -> None:
+        if isinstance(action, WriteFile):
+            os.makedirs(os.path.dirname(action.path), exist_ok=True)
+            fd = os.open(
+                action.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, action.mode
+            )
+            with os.fdopen(fd, "w") as out:
+                out.write(action.content)
+        elif isinstance(action, Spawn):
+            pid = self.driver.spawn(action, self.layout)
+            self.driver.wait_started(action, self.layout, pid, self.timeout)
+        else:
+            _check(self.driver.run(action, self.layout), action)
+
+
+def _check(result, action: Run) -> None:
+    if result.returncode not in action.ok_codes:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise UpError(
+            f"`{action.describe()}` failed with status {result.returncode}: "
+            f"{detail[-1] if detail else 'no output'}"
+        )
+
+
+def _record(profile, link, layout, phase: str, virtual_ip: str | None = None) -> dict:
+    return {
+        "name": profile.name,
+        "phase": phase,
+        "link": link.__dict__,
+        "stack": layout.stack,
+        "virtual_ip": virtual_ip,
+        "since": time.time(),
+    }

@@ -1,0 +1,63 @@
+"""State of running profiles, safe against concurrent vpnjail commands.
+
+One JSON record per running profile, written atomically; a lock file per
+profile (and one for the link pool) serialises commands touching the same
+profile, while different profiles proceed in parallel.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+
+
+class State:
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.records_dir = os.path.join(directory, "profiles")
+        self.locks_dir = os.path.join(directory, "locks")
+
+    def _ensure(self) -> None:
+        os.makedirs(self.records_dir, mode=0o700, exist_ok=True)
+        os.makedirs(self.locks_dir, mode=0o700, exist_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold the lock called *name* (a profile, or ``pool``)."""
+        self._ensure()
+        path = os.path.join(self.locks_dir, f"{name}.lock")
+        with open(path, "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def save(self, name: str, record: dict) -> None:
+        self._ensure()
+        path = os.path.join(self.records_dir, f"{name}.json")
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w") as out:
+            json.dump(record, out, indent=2)
+        os.replace(temporary, path)
+
+    def load(self, name: str) -> dict | None:
+        try:
+            with open(os.path.join(self.records_dir, f"{name}.json")) as src:
+                return json.load(src)
+        except FileNotFoundError:
+            return None
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(self.records_dir, f"{name}.json"))
+
+    def names(self) -> list[str]:
+        if not os.path.isdir(self.records_dir):
+            return []
+        return sorted(
+            entry[: -len(".json")]
+            for entry in os.listdir(self.records_dir)
+            if entry.endswith(".json")
+        )
