@@ -47,6 +47,9 @@ def build(spec: Responder, gateway_address: str) -> DaemonConfig:
         "dpd_delay": f"{spec.dpd.delay}s",
         "dpd_timeout": f"{spec.dpd.timeout}s",
         "encap": "yes" if spec.nat_traversal == "forced" else "no",
+        # A dial-up gateway serves many clients under one peer ID; INITIAL
+        # _CONTACT from one must not tear down the others.
+        "unique": "never",
         "local-1": {"auth": "psk", "id": identity(spec.local_id, gateway_address)},
         "remote-1": {"auth": "psk", "id": peer},
         "remote-2": {"auth": "xauth-generic"},

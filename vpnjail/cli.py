@@ -234,15 +234,16 @@ def _list(args) -> int:
 
 
 def _logs(args) -> int:
-    driver, _ = _context(args)
+    driver, manager = _context(args)
     path = driver.layout(args.name).log_file
+    if not os.path.exists(path) and os.path.exists(manager.failed_log(args.name)):
+        path = manager.failed_log(args.name)
+        print(f"# {args.name} is not running; log of its last failed start:")
     try:
         with open(path, errors="replace") as src:
             lines = src.readlines()
     except FileNotFoundError:
-        print(
-            f"vpnjail: no log for {args.name!r} at {path}; is it up?", file=sys.stderr
-        )
+        print(f"vpnjail: no log for {args.name!r}; is it up?", file=sys.stderr)
         return 1
     sys.stdout.writelines(lines[-args.lines :])
     return 0
@@ -259,6 +260,9 @@ def _gc(args) -> int:
     for item in driver.leftovers(running):
         driver.remove_leftover(item)
         print(f"removed {item}")
+        removed += 1
+    for path in manager.state.prune():
+        print(f"removed {path}")
         removed += 1
     if not removed:
         print("nothing left behind")

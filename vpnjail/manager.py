@@ -8,6 +8,8 @@ profile's charon over VICI. It works the same on every operating system.
 import concurrent.futures
 import logging
 import os
+import re
+import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -84,8 +86,10 @@ class Manager:
             virtual_ip = self._connect(profile, layout, rendered)
         except Exception as exc:
             self._rollback(profile.name, plan, layout)
+            hint = telling_line(self.failed_log(profile.name))
             raise UpError(
                 f"{profile.name}: {exc}; everything it created was removed"
+                + (f"; charon said: {hint}" if hint else "")
             ) from exc
         self.state.save(profile.name, _record(profile, link, layout, "up", virtual_ip))
         return Outcome(profile.name, True, f"up, virtual IP {virtual_ip or 'none'}")
@@ -160,8 +164,16 @@ class Manager:
             layout.vici_socket
         )
 
+    def failed_log(self, name: str) -> str:
+        """Where charon's log of the last failed start of *name* is kept."""
+        return os.path.join(self.state.directory, f"{name}.failed.log")
+
     def _rollback(self, name: str, plan: Plan, layout: Layout) -> None:
         self.driver.stop(layout)
+        try:
+            shutil.copyfile(layout.log_file, self.failed_log(name))
+        except OSError:
+            log.debug("%s: no charon log to keep", name)
         for step in reversed(plan.steps):
             for action in step.undo:
                 if isinstance(action, Run):
@@ -213,6 +225,21 @@ class Manager:
             return info
         info["last_dpd"] = control.last_dpd(layout.log_file)
         return info
+
+
+_TELLING = re.compile(r"failed|unable|error|refus|not supported|aborting")
+
+
+def telling_line(log_path: str) -> str | None:
+    """The first line of a charon log that says what went wrong."""
+    try:
+        with open(log_path, errors="replace") as src:
+            for line in src:
+                if _TELLING.search(line) and "plugin 'c" not in line:
+                    return line.split("]", 1)[-1].strip()
+    except OSError:
+        return None
+    return None
 
 
 class Executor:

@@ -143,6 +143,9 @@ class Profile(Strict):
     mode_config: Literal["pull", "push", "off"] = "pull"
     remote_networks: Literal["pushed"] | list[Network] = "pushed"
     backend: Literal["libipsec", "kernel"] = "libipsec"
+    # "auto" exposes a tun device only where the backend needs one; "hidden"
+    # and "exposed" override that, e.g. to reproduce a jail without tun.
+    tun: Literal["auto", "exposed", "hidden"] = "auto"
     link: Link | None = None
     nat: bool = True
     port_forwards: list[PortForward] = Field(default_factory=list)

@@ -12,6 +12,17 @@ import os
 from collections.abc import Iterator
 
 
+def _unlink_if_free(path: str) -> bool:
+    """Delete a lock file only while holding it, so no holder loses it."""
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        os.remove(path)
+        return True
+
+
 class State:
     def __init__(self, directory: str):
         self.directory = directory
@@ -52,6 +63,28 @@ class State:
     def remove(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(self.records_dir, f"{name}.json"))
+
+    def prune(self) -> list[str]:
+        """Remove lock files nobody holds, failed-start logs of profiles not
+        running, and the state directory itself once empty."""
+        removed = []
+        running = set(self.names())
+        if os.path.isdir(self.locks_dir):
+            for entry in sorted(os.listdir(self.locks_dir)):
+                if entry[: -len(".lock")] in running:
+                    continue
+                path = os.path.join(self.locks_dir, entry)
+                if _unlink_if_free(path):
+                    removed.append(path)
+        if os.path.isdir(self.directory):
+            for entry in sorted(os.listdir(self.directory)):
+                if entry.endswith(".failed.log") and entry[:-11] not in running:
+                    os.remove(os.path.join(self.directory, entry))
+                    removed.append(os.path.join(self.directory, entry))
+        for folder in (self.locks_dir, self.records_dir, self.directory):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        return removed
 
     def names(self) -> list[str]:
         if not os.path.isdir(self.records_dir):

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 
 import vici
 
-_DPD = re.compile(r"^(\w{3} +\d+ [\d:]+) .*DPD")
+# IKEv1 DPD travels as R-U-THERE notifies: N(DPD) and N(DPD_ACK).
+_DPD = re.compile(r"^(\w{3} +\d+ [\d:]+) .*N\(DPD(_ACK)?\)")
 
 
 def connect(path: str, timeout: float) -> vici.Session:

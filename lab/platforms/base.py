@@ -24,12 +24,13 @@ class Stack:
 
 @dataclass
 class World:
-    cell: Cell
+    cell: Cell | None
     nodes: dict[str, Node]
-    client: Stack
-    responder: Stack
+    client: Stack | None
+    responder: Stack | None
     runtime_dir: str
     names: dict[str, str] = field(default_factory=dict)  # role -> OS name
+    stacks: dict[str, Stack] = field(default_factory=dict)  # role -> sandbox
 
     def node(self, role: str) -> Node:
         return self.nodes[role]
@@ -46,6 +47,10 @@ class Platform:
         self, cell: Cell, run_id: str, runtime_dir: str, label: str | None = None
     ) -> World:
         """Build *cell*'s world; *label* (default: the cell's slug) names it."""
+        raise NotImplementedError
+
+    def build_gateways(self, run_id: str, runtime_dir: str, label: str) -> World:
+        """Two responders (gw-a, gw-b) and a bare host, for a tunnel manager."""
         raise NotImplementedError
 
     def teardown(self, world: World) -> list[str]:

@@ -33,20 +33,13 @@ class LocalPlatform(Platform):
     def build(
         self, cell: Cell, run_id: str, runtime_dir: str, label: str | None = None
     ) -> World:
-        label = label or cell.slug
-        short = hashlib.sha1(label.encode()).hexdigest()[:8]
-        cell_runtime = os.path.join(runtime_dir, short)
-        names = {
-            role: f"{runid.namespace_prefix(run_id)}{label}-{role}"
-            for role in topology.NODES
-        }
-        nodes = {
-            role: NetnsNode(role=role, run_id=run_id, netns=names[role])
-            for role in topology.NODES
-        }
-        world = World(cell, nodes, None, None, cell_runtime, names)
+        world = self._world(topology.CELL, run_id, runtime_dir, label or cell.slug)
+        world.cell = cell
         try:
-            self._build_network(world, cell, run_id)
+            self._build_network(world, topology.CELL, cell["nat"])
+            world.node("host").run(
+                ["nft", "-f", "-"], input_text=firewall.render_nft(run_id, cell["nat"])
+            )
             world.responder = self._stack(world, "gw", "tun-visible")
             client_role = "jail" if cell["isolation"] == "jail" else "host"
             world.client = self._stack(world, client_role, cell["devices"])
@@ -55,28 +48,50 @@ class LocalPlatform(Platform):
             raise
         return world
 
-    def _build_network(self, world: World, cell: Cell, run_id: str) -> None:
+    def build_gateways(self, run_id: str, runtime_dir: str, label: str) -> World:
+        world = self._world(topology.GATEWAYS, run_id, runtime_dir, label)
+        try:
+            self._build_network(world, topology.GATEWAYS, "direct")
+            for role in topology.GATEWAY_ADDRESSES:
+                self._stack(world, role, "tun-visible")
+        except Exception:
+            self.teardown(world)
+            raise
+        return world
+
+    def _world(self, topo, run_id: str, runtime_dir: str, label: str) -> World:
+        short = hashlib.sha1(label.encode()).hexdigest()[:8]
+        names = {
+            role: f"{runid.namespace_prefix(run_id)}{label}-{role}"
+            for role in topo.nodes
+        }
+        nodes = {
+            role: NetnsNode(role=role, run_id=run_id, netns=names[role])
+            for role in topo.nodes
+        }
+        return World(None, nodes, None, None, os.path.join(runtime_dir, short), names)
+
+    def _build_network(self, world: World, topo, nat: str) -> None:
         names = world.names
-        for role in topology.NODES:
+        for role in topo.nodes:
             netns.create(names[role])
-        for link in topology.LINKS:
+        for link in topo.links:
             netns.add_veth(names[link.a], link.a_if, names[link.b], link.b_if)
             netns.add_address(names[link.a], link.a_if, link.a_cidr)
             netns.add_address(names[link.b], link.b_if, link.b_cidr)
-        for route in topology.routes_for(cell["nat"]):
+        for route in topology.routes_for(nat, topo):
             netns.add_route(names[route.node], route.to, route.via)
-        for role in topology.ROUTERS:
+        for role in topo.routers:
             netns.enable_forwarding(names[role])
-        world.node("host").run(
-            ["nft", "-f", "-"], input_text=firewall.render_nft(run_id, cell["nat"])
-        )
 
     def _stack(self, world: World, role: str, policy: str) -> Stack:
         node = world.node(role)
         run_dir = os.path.join(world.runtime_dir, role)
         holder = sandbox.start(node, run_dir, policy)
         node.sandbox_pid = holder.pid
-        return Stack(node, run_dir, policy)
+        stack = Stack(node, run_dir, policy)
+        world.stacks[role] = stack
+        return stack
 
     def teardown(self, world: World) -> list[str]:
         problems = []

@@ -65,10 +65,9 @@ class LinuxDriver(Driver):
     def needs(self, profile: Profile) -> Needs:
         # On Linux kernel-netlink puts a virtual IP on an existing interface;
         # only kernel-libipsec needs a tun device.
-        return Needs(
-            tun=profile.backend == "libipsec",
-            kernel_ipsec=profile.backend == "kernel",
-        )
+        needed = profile.backend == "libipsec"
+        tun = {"auto": needed, "exposed": True, "hidden": False}[profile.tun]
+        return Needs(tun=tun, kernel_ipsec=profile.backend == "kernel")
 
     # -- plans --------------------------------------------------------------
 
@@ -130,7 +129,6 @@ class LinuxDriver(Driver):
                 Spawn(HOLDER, ("unshare", "--mount", "--propagation", "private",
                                "sh", script), where="netns"),
             ],
-            [Run(("true",))],
         )  # fmt: skip
         plan.add(
             "charon",
@@ -141,7 +139,6 @@ class LinuxDriver(Driver):
                     env=(("STRONGSWAN_CONF", "/run/strongswan.conf"),),
                 )
             ],
-            [Run(("true",))],
         )
 
     def plan_down(self, profile_name: str) -> Plan:
