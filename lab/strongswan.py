@@ -47,6 +47,10 @@ class Charon:
 
     def start(self, system: str = "linux", timeout: float = 15.0) -> None:
         """Start charon; return when VICI answers, or when charon has died."""
+        # A socket left by an earlier charon would look ready at once.
+        for stale in (self.vici_socket, os.path.join(self.run_dir, "charon.pid")):
+            if os.path.exists(stale):
+                os.remove(stale)
         self.process = self.node.spawn(
             [shared.CHARON_PATHS[system]],
             log_path=os.path.join(self.run_dir, "charon.out"),

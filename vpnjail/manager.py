@@ -67,7 +67,7 @@ class Manager:
     def _up_locked(self, item: LoadedProfile, everyone) -> Outcome:
         profile = item.profile
         record = self.state.load(profile.name)
-        if record is not None and self._charon_alive(profile.name):
+        if record is not None and self.charon_alive(profile.name):
             established = self.ensure_tunnel(profile, str(item.path))
             return Outcome(
                 profile.name,
@@ -158,7 +158,7 @@ class Manager:
             log.info("%s: VICI unreachable: %s", profile.name, exc)
             return False
 
-    def _charon_alive(self, name: str) -> bool:
+    def charon_alive(self, name: str) -> bool:
         layout = self.driver.layout(name)
         return os.path.exists(layout.vici_socket) and control.reachable(
             layout.vici_socket
