@@ -27,7 +27,7 @@ sys.path.insert(0, REPO)
 
 from lab import cell as cell_runner  # noqa: E402
 from lab import config as lab_config  # noqa: E402
-from lab import runid  # noqa: E402
+from lab import reaper, runid  # noqa: E402
 from lab.capabilities import values  # noqa: E402
 from lab.matrix import default  # noqa: E402
 from lab.platforms import get as get_platform  # noqa: E402
@@ -65,6 +65,7 @@ def initiate_figures(rounds: int) -> dict:
         return _measure(platform, world, lab, capabilities, rounds)
     finally:
         platform.teardown(world)
+        reaper.reap(run_id=run_id, force=True)
 
 
 def _measure(platform, world, lab, capabilities, rounds: int) -> dict:

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import lab_bench  # noqa: E402
 
 from lab import config as lab_config  # noqa: E402
-from lab import gateways, runid, schema, topology  # noqa: E402
+from lab import gateways, reaper, runid, schema, topology  # noqa: E402
 from lab.capabilities import values  # noqa: E402
 from lab.platforms import get as get_platform  # noqa: E402
 from lab.vpnjail_runner import XAUTH_PASSWORD, VpnjailRunner  # noqa: E402
@@ -94,6 +94,7 @@ def main() -> int:
     finally:
         gws.stop()
         platform.teardown(world)
+        reaper.reap(run_id=run_id, force=True)
     raw = lab_bench.initiate_figures(args.rounds)["raw"]
 
     for size, figure in figures.items():
