@@ -55,6 +55,18 @@ def _parser() -> argparse.ArgumentParser:
     clean.add_argument("--force", action="store_true", help="also runs still alive")
     clean.set_defaults(handler=_clean)
 
+    report = sub.add_parser("bugreport", help="an upstream-ready report of a cell")
+    report.add_argument(
+        "cell", help="cell id, e.g. local/jail/netlink/tun-visible/nat/good"
+    )
+    report.add_argument(
+        "--results",
+        default=os.path.join(REPO, "reports", "latest"),
+        help="results.json or run directory (default: the latest run)",
+    )
+    report.add_argument("--target", choices=("freebsd", "strongswan"))
+    report.set_defaults(handler=_bugreport)
+
     compare = sub.add_parser("diff", help="cells whose outcome changed")
     compare.add_argument("old", help="results.json or run directory")
     compare.add_argument("new", help="results.json or run directory")
@@ -119,6 +131,29 @@ def _clean(args) -> int:
     spared = reaper.live_runs() if not args.force else set()
     for run in sorted(spared):
         print(f"left alone: run {run} is still running (use --force)")
+    return 0
+
+
+def _bugreport(args) -> int:
+    from lab import bugreport, results
+    from lab import config as lab_config
+    from lab.cell import redactor_for
+
+    data = results.load_results(args.results)
+    run_dir = (
+        args.results if os.path.isdir(args.results) else os.path.dirname(args.results)
+    )
+    # Every platform's fixtures share the responder's and client's secrets.
+    redactor = redactor_for(lab_config.load("local"))
+    try:
+        report = bugreport.write(run_dir, data, args.cell, redactor, args.target)
+    except bugreport.BugReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {report.markdown}")
+    print(f"evidence: {report.tarball}")
+    for name in report.omitted:
+        print(f"left out of the tarball: {name}")
     return 0
 
 
