@@ -24,7 +24,7 @@ def load(platform: str = "local", root: Path | str = FIXTURES) -> LabConfig:
     """Load every fixture; raise FixtureError listing every problem found."""
     root = Path(root)
     paths = {
-        "matrix": root / "matrix.yaml",
+        "matrix": root / "matrix" / f"{platform}.yaml",
         "expectations": root / "expectations" / f"{platform}.yaml",
         "responder": root / "responder.yaml",
         "client": root / "client.yaml",

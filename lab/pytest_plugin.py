@@ -42,7 +42,7 @@ def pytest_addoption(parser):
     group.addoption(
         "--lab-fixtures",
         default=str(lab_config.FIXTURES),
-        help="directory of matrix.yaml, responder.yaml, client.yaml, expectations/",
+        help="directory of matrix/, expectations/, responder.yaml, client.yaml",
     )
     group.addoption(
         "--lab-reports",

@@ -1,6 +1,6 @@
 """The compatibility matrix: one test per cell, each with a recorded outcome.
 
-The cells come from fixtures/matrix.yaml (narrowed with ``--axis`` and
+The cells come from fixtures/matrix/local.yaml (narrowed with ``--axis`` and
 ``--cells``); their expected outcomes from fixtures/expectations/. A cell
 passes when what the daemons did matches what is recorded for it.
 """

@@ -86,21 +86,21 @@ BROKEN = [
         "at least 6 characters",
     ),
     (
-        "matrix.yaml",
+        "matrix/local.yaml",
         "auth: [wrong-psk, wrong-xauth, wrong-id]",
         "auth: [wrong-psk, wrong-pin]",
         "default[1].auth",
         "unknown value 'wrong-pin'; allowed: good, wrong-psk, wrong-xauth, wrong-id",
     ),
     (
-        "matrix.yaml",
+        "matrix/local.yaml",
         "- {isolation: host, nat: nat}",
         "- {isolation: host, nat: nat}\n  - {colour: red}",
         "exclude[1]",
         "unknown axis 'colour'; allowed: isolation, backend, devices, nat, auth",
     ),
     (
-        "matrix.yaml",
+        "matrix/local.yaml",
         "  wrong-id: {local_id: {type: keyid, value: othergroup}}\n",
         "",
         "auth",
@@ -128,14 +128,14 @@ BROKEN = [
         "unknown axis 'secret'",
     ),
     (
-        "matrix.yaml",
+        "matrix/local.yaml",
         "wrong-psk: {psk: lab-psk-wrong0}",
         "wrong-psk: {pks: lab-psk-wrong0}",
         "auth.wrong-psk",
         "does not fit client.yaml: pks",
     ),
     (
-        "matrix.yaml",
+        "matrix/local.yaml",
         "wrong-xauth: {xauth: {password: lab-xauth-wrong0}}",
         "wrong-xauth: {xauth: {password: 12345}}",
         "auth.wrong-xauth",
@@ -175,11 +175,13 @@ def test_missing_file_is_named(tmp_path):
     assert problems_of(root) == [f"{path}: file not found"]
 
 
-def test_missing_expectations_for_a_platform_is_named(tmp_path):
+def test_missing_fixtures_of_a_platform_are_named(tmp_path):
     with pytest.raises(schema.FixtureError) as raised:
-        config.load("freebsd")
-    path = config.FIXTURES / "expectations" / "freebsd.yaml"
-    assert raised.value.problems == [f"{path}: file not found"]
+        config.load("plan9")
+    assert raised.value.problems == [
+        f"{config.FIXTURES / 'matrix' / 'plan9.yaml'}: file not found",
+        f"{config.FIXTURES / 'expectations' / 'plan9.yaml'}: file not found",
+    ]
 
 
 def test_every_broken_file_is_reported_at_once(tmp_path):
@@ -233,7 +235,7 @@ def test_unknown_outcome_kind_in_expectations_is_a_fixture_error(tmp_path):
 def test_override_problem_does_not_echo_the_rejected_secret(tmp_path):
     root, _ = broken(
         tmp_path,
-        "matrix.yaml",
+        "matrix/local.yaml",
         "wrong-psk: {psk: lab-psk-wrong0}",
         "wrong-psk: {psk: s3cr}",
     )

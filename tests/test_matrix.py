@@ -1,4 +1,4 @@
-"""lab/matrix.py on the shipped fixtures/matrix.yaml."""
+"""lab/matrix.py on the shipped fixtures/matrix/local.yaml."""
 
 import itertools
 
@@ -9,7 +9,7 @@ from lab import config, matrix
 MATRIX = config.load().matrix
 AXES = ("isolation", "backend", "devices", "nat", "auth")
 
-# The default set, written out by hand from fixtures/matrix.yaml so that a
+# The default set, written out by hand from fixtures/matrix/local.yaml so that a
 # change to the file or to the expansion shows up here.
 DEFAULT_IDS = [
     "local/jail/netlink/tun-visible/nat/good",
