@@ -4,21 +4,12 @@ from collections.abc import Mapping
 
 from lab.responder import CONNECTION, DaemonConfig, identity
 from lab.schema import Client
+from vpnjail.strongswan import merge
 
 
 def with_overrides(spec: Client, overrides: Mapping) -> Client:
-    data = _deep_merge(spec.model_dump(), overrides)
+    data = merge(spec.model_dump(), overrides)
     return Client.model_validate(data)
-
-
-def _deep_merge(base: dict, extra: Mapping) -> dict:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def build(spec: Client, gateway_address: str) -> DaemonConfig:

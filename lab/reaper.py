@@ -12,6 +12,7 @@ import shutil
 import signal
 
 from lab import netns, runid
+from vpnjail.processes import alive
 
 log = logging.getLogger(__name__)
 OWNER_FILE = "owner.pid"
@@ -31,7 +32,7 @@ def live_runs() -> set[str]:
         return live
     for run in os.listdir(runid.RUNTIME_ROOT):
         pid = _owner(run)
-        if pid and pid != os.getpid() and _alive(pid):
+        if pid and pid != os.getpid() and alive(pid):
             live.add(run)
     return live
 
@@ -42,16 +43,6 @@ def _owner(run: str) -> int | None:
             return int(src.read().strip())
     except (OSError, ValueError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def reap(run_id: str | None = None, force: bool = False) -> list[str]:

@@ -12,14 +12,13 @@ from dataclasses import dataclass
 
 from lab import proposals
 from lab.schema import Identity, Responder
+from vpnjail import strongswan
 
 CONNECTION = "fgt"
 
 
 def identity(ident: Identity, default_address: str) -> str:
-    value = ident.value or default_address
-    prefixes = {"address": "", "fqdn": "fqdn:", "userfqdn": "userfqdn:"}
-    return prefixes.get(ident.type, "keyid:") + value
+    return strongswan.identity(ident.type, ident.value, default_address)
 
 
 @dataclass(frozen=True)

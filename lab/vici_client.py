@@ -1,30 +1,18 @@
 """Talking to charon over VICI with strongSwan's own Python client."""
 
 import logging
-import socket
 from collections.abc import Mapping
 
 import vici
+
+from vpnjail import vici_control
+from vpnjail.vici_control import plain  # noqa: F401 (part of this API)
 
 log = logging.getLogger(__name__)
 
 
 def connect(path: str, timeout: float = 30.0) -> vici.Session:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    sock.connect(path)
-    return vici.Session(sock)
-
-
-def plain(value):
-    """VICI answers as JSON-able data: bytes to str, ordered dicts to dicts."""
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
+    return vici_control.connect(path, timeout)
 
 
 def load(

@@ -15,13 +15,14 @@ import ipaddress
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import time
 
 from vpnjail import linux_sandbox, strongswan
 from vpnjail.drivers.base import Driver, Layout, LinkAddresses, Needs
 from vpnjail.plan import Plan, Run, Spawn, WriteFile
+from vpnjail.processes import alive as pid_alive
+from vpnjail.processes import read_pid, terminate
 from vpnjail.profile import Profile
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ class LinuxDriver(Driver):
             ready = layout.vici_socket
         deadline = time.monotonic() + timeout
         while not os.path.exists(ready):
-            if not pid_alive(pid) or _zombie(pid):
+            if not pid_alive(pid):
                 raise RuntimeError(
                     f"{action.name} exited during start{self._why(layout)}"
                 )
@@ -320,45 +321,3 @@ def tunnel_forward_nft(profile: Profile, table: str, virtual_ip: str) -> str | N
         )
     lines += ["  }", "}"]
     return "\n".join(lines) + "\n"
-
-
-def read_pid(path: str) -> int | None:
-    try:
-        with open(path) as src:
-            return int(src.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def terminate(pid: int, grace: float = 5.0) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not pid_alive(pid) or _zombie(pid):
-            return
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as src:
-            return src.read().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
