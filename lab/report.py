@@ -37,20 +37,20 @@ def kind_of(outcome: str) -> str:
 
 
 def grid(records: list[dict]) -> dict:
-    """Rows and columns of the matrix, keyed by axis values."""
+    """Rows and columns of the matrix: the last two id parts make columns."""
     rows: OrderedDict = OrderedDict()
     columns: OrderedDict = OrderedDict()
-    for record in records:
-        values = list(record["axes"].values())
-        split = max(len(values) - 2, 1)
-        row, column = "/".join(values[:split]), "/".join(values[split:])
+    for record in sorted(records, key=lambda r: r["id"]):
+        parts = record["id"].split("/")
+        split = max(len(parts) - 2, 1)
+        row, column = "/".join(parts[:split]), "/".join(parts[split:])
         columns.setdefault(column, None)
         rows.setdefault(row, {})[column] = record
-    axis_names = list(records[0]["axes"]) if records else []
+    axis_names = ["platform", *records[0]["axes"]] if records else []
     split = max(len(axis_names) - 2, 1)
     return {
         "rows": rows,
-        "columns": list(columns),
+        "columns": sorted(columns, key=lambda c: (not c.endswith("/good"), c)),
         "row_axes": "/".join(axis_names[:split]),
         "column_axes": "/".join(axis_names[split:]),
     }

@@ -59,17 +59,25 @@ def write_run(tmp_path) -> str:
     return report.write_html(str(tmp_path), RUN, RECORDS)
 
 
-def test_grid_rows_are_leading_axes_and_columns_the_last_two():
+def test_grid_rows_are_platform_and_leading_axes_columns_the_last_two():
     grid = report.grid(RECORDS)
-    assert grid["row_axes"] == "isolation/backend/devices"
+    assert grid["row_axes"] == "platform/isolation/backend/devices"
     assert grid["column_axes"] == "nat/auth"
-    assert grid["columns"] == ["nat/good", "direct/good", "nat/wrong-psk"]
+    # "good" columns first, then the others, each group in name order.
+    assert grid["columns"] == ["direct/good", "nat/good", "nat/wrong-psk"]
     assert list(grid["rows"]) == [
-        "jail/netlink/tun-visible",
-        "jail/libipsec/tun-hidden",
-        "jail/libipsec/tun-visible",
+        "local/jail/libipsec/tun-hidden",
+        "local/jail/libipsec/tun-visible",
+        "local/jail/netlink/tun-visible",
     ]
-    assert grid["rows"]["jail/netlink/tun-visible"]["direct/good"] is RECORDS[1]
+    assert grid["rows"]["local/jail/netlink/tun-visible"]["direct/good"] is RECORDS[1]
+
+
+def test_grid_keeps_platforms_apart():
+    twin = {**RECORDS[1], "id": RECORDS[1]["id"].replace("local/", "vpnjail/", 1)}
+    grid = report.grid([RECORDS[1], twin])
+    assert grid["rows"]["local/jail/netlink/tun-visible"]["direct/good"] is RECORDS[1]
+    assert grid["rows"]["vpnjail/jail/netlink/tun-visible"]["direct/good"] is twin
 
 
 def test_grid_of_no_records_is_empty():

@@ -461,9 +461,11 @@ class FreeBSDDriver(Driver):
         plan.add(
             f"charon in jail {names.jail}",
             [
+                # -f: daemon(8) lets go of the caller's stdout and stderr,
+                # so the command starting it returns once it has detached.
                 Spawn(
                     "charon",
-                    (DAEMON, "-P", SUPERVISOR_PIDFILE, "-o", CHARON_OUT, CHARON),
+                    (DAEMON, "-f", "-P", SUPERVISOR_PIDFILE, "-o", CHARON_OUT, CHARON),
                     where="jail",
                     env=(("STRONGSWAN_CONF", STRONGSWAN_CONF),),
                 )
