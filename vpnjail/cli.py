@@ -4,20 +4,25 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
 
 from vpnjail import pool, render, system
 from vpnjail.manager import Manager
-from vpnjail.profile import ProfileError, check_secret, load_dir
+from vpnjail.profile import NAME_PATTERN, ProfileError, check_secret, load_dir
 from vpnjail.state import State
 
 log = logging.getLogger("vpnjail")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except RuntimeError as exc:
+        print(f"vpnjail: {exc}", file=sys.stderr)
+        return 1
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -143,7 +148,10 @@ def _validated(args, allow_all=True):
 def _check(args) -> int:
     driver, _ = _context(args)
     _, chosen = _validated(args)
-    problems = driver.preflight([item.profile for item in chosen])
+    profiles = [item.profile for item in chosen]
+    for advice in driver.advisories(profiles):
+        print(f"warning: {advice}")
+    problems = driver.preflight(profiles)
     for problem in problems:
         print(problem)
     if not problems:
@@ -157,21 +165,29 @@ def _render(args) -> int:
     for item in chosen:
         profile = item.profile
         rendered = render.render(driver.system, profile, str(item.path), False)
-        link = _render_link(profile)
+        link = _render_link(profile, args.link_pool)
         plan = driver.plan_up(profile, link, rendered.charon_conf)
-        print(plan.render(), end="")
+        layout = driver.layout(profile)
+
+        def argv_of(action, layout=layout):
+            return driver.display_argv(action, layout)
+
+        print(plan.render(argv_of), end="")
+        after = driver.plan_after_up(profile, None)
+        if after.steps:
+            print(after.render(argv_of, first=len(plan.steps) + 1), end="")
         print("## swanctl.conf (loaded over VICI; secrets never written)")
         print(rendered.swanctl_text())
     return 0
 
 
-def _render_link(profile):
+def _render_link(profile, link_pool: str):
     from vpnjail.drivers.base import LinkAddresses
 
     if profile.link is not None:
         return LinkAddresses(profile.link.host, profile.link.jail)
     # `render` reserves nothing: show the pool's first link as an example.
-    return pool.allocate(pool.DEFAULT_POOL, set())
+    return pool.allocate(link_pool, set())
 
 
 def _up(args) -> int:
@@ -191,7 +207,10 @@ def _up(args) -> int:
 
 def _down(args) -> int:
     _, manager = _context(args)
-    names = manager.state.names() if args.all else args.names
+    names = manager.state.names() if args.all else _checked_names(args.names)
+    if args.all and not names:
+        print("nothing is running")
+        return 0
     if not names:
         raise ProfileError(["name profiles to bring down, or give --all"])
     outcomes = manager.down(names)
@@ -202,7 +221,7 @@ def _down(args) -> int:
 
 def _status(args) -> int:
     _, manager = _context(args)
-    names = args.names or manager.state.names()
+    names = _checked_names(args.names) or manager.state.names()
     states = [manager.status(name) for name in names]
     if args.json:
         print(json.dumps(states, indent=2))
@@ -239,7 +258,18 @@ def _list(args) -> int:
     return 0
 
 
+def _checked_names(names: list[str]) -> list[str]:
+    """Refuse names no profile can have (they become paths and objects)."""
+    bad = [n for n in names if not re.fullmatch(NAME_PATTERN, n)]
+    if bad:
+        raise ProfileError(
+            [f"{n!r} is not a profile name (pattern {NAME_PATTERN})" for n in bad]
+        )
+    return names
+
+
 def _logs(args) -> int:
+    _checked_names([args.name])
     driver, manager = _context(args)
     path = driver.layout(args.name).log_file
     if not os.path.exists(path) and os.path.exists(manager.failed_log(args.name)):

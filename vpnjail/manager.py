@@ -6,6 +6,7 @@ profile's charon over VICI. It works the same on every operating system.
 """
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 import re
@@ -63,6 +64,8 @@ class Manager:
                 return self._up_locked(item, everyone)
         except (UpError, ProfileError) as exc:
             return Outcome(profile.name, False, str(exc))
+        except pool.PoolExhausted as exc:
+            return Outcome(profile.name, False, f"{profile.name}: {exc}")
 
     def _up_locked(self, item: LoadedProfile, everyone) -> Outcome:
         profile = item.profile
@@ -81,11 +84,15 @@ class Manager:
         layout = self.driver.layout(profile)
         plan = self.driver.plan_up(profile, link, rendered.charon_conf)
         self.state.save(profile.name, _record(profile, link, layout, "starting"))
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.failed_log(profile.name))
+        executor = Executor(self.driver, layout, self.timeout)
         try:
-            Executor(self.driver, layout, self.timeout).carry_out(plan)
+            executor.carry_out(plan)
             virtual_ip = self._connect(profile, layout, rendered)
+            executor.carry_out(self.driver.plan_after_up(profile, virtual_ip))
         except Exception as exc:
-            self._rollback(profile.name, plan, layout)
+            self._rollback(profile.name, plan.steps[: executor.started], layout)
             hint = telling_line(self.failed_log(profile.name))
             raise UpError(
                 f"{profile.name}: {exc}; everything it created was removed"
@@ -121,28 +128,7 @@ class Manager:
             raise UpError(
                 f"tunnel did not come up: {error}; see `vpnjail logs {profile.name}`"
             )
-        virtual_ip = control.virtual_ip(session)
-        self._apply_tunnel_forwards(profile, layout, virtual_ip)
-        return virtual_ip
-
-    def _apply_tunnel_forwards(self, profile, layout, virtual_ip) -> None:
-        from vpnjail.drivers.linux import tunnel_forward_nft
-
-        if self.driver.system != "linux" or virtual_ip is None:
-            return
-        ruleset = tunnel_forward_nft(profile, "vpnjail_forward", virtual_ip)
-        if ruleset is None:
-            return
-        for action in (
-            Run(("sysctl", "-q", "-w", "net.ipv4.ip_forward=1"), "jail"),
-            Run(
-                ("nft", "delete", "table", "ip", "vpnjail_forward"),
-                "jail",
-                ok_codes=(0, 1),
-            ),
-            Run(("nft", "-f", "-"), "jail", input_text=ruleset),
-        ):
-            _check(self.driver.run(action, layout), action)
+        return control.virtual_ip(session)
 
     def ensure_tunnel(self, profile: Profile, where: str) -> bool:
         """Initiate the tunnel again if it is not established."""
@@ -168,13 +154,14 @@ class Manager:
         """Where charon's log of the last failed start of *name* is kept."""
         return os.path.join(self.state.directory, f"{name}.failed.log")
 
-    def _rollback(self, name: str, plan: Plan, layout: Layout) -> None:
+    def _rollback(self, name: str, steps: list, layout: Layout) -> None:
+        """Undo the steps that were started (the failing one included)."""
         self.driver.stop(layout)
         try:
             shutil.copyfile(layout.log_file, self.failed_log(name))
         except OSError:
             log.debug("%s: no charon log to keep", name)
-        for step in reversed(plan.steps):
+        for step in reversed(steps):
             for action in step.undo:
                 if isinstance(action, Run):
                     self.driver.run(action, layout)
@@ -202,10 +189,10 @@ class Manager:
     def down(self, names: list[str]) -> list[Outcome]:
         outcomes = []
         for name in names:
+            if self.state.load(name) is None:
+                outcomes.append(Outcome(name, False, "not running"))
+                continue
             with self.state.lock(name):
-                if self.state.load(name) is None:
-                    outcomes.append(Outcome(name, False, "not running"))
-                    continue
                 outcomes.append(self.down_one(name))
         return outcomes
 
@@ -227,18 +214,42 @@ class Manager:
         return info
 
 
-_TELLING = re.compile(r"failed|unable|error|refus|not supported|aborting")
+# What charon says when a start or an initiation fails, most decisive
+# first; the first pattern that matches any line wins.
+_DECISIVE = [
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        r"failed to open /dev/(net/)?tun",
+        r"loading critical plugin .* failed",
+        r"unmet dependency",
+        r"unable to add SAD entry",
+        r"unable to install .* in kernel",
+        r"calculated HASH does not match",
+        r"XAuth authentication of .* failed",
+        r"AUTHENTICATION_FAILED",
+        r"N\(AUTH_FAILED\)",
+        r"no (matching )?peer config found",
+        r"does not match to",
+        r"NO_PROPOSAL_CHOSEN|no (matching|acceptable )?proposal found",
+        r"peer not responding",
+        r"giving up after \d+ retransmits",
+        r"killing ourself",
+        r"initialization failed",
+    )
+]
 
 
 def telling_line(log_path: str) -> str | None:
-    """The first line of a charon log that says what went wrong."""
+    """The line of a charon log that best says what went wrong."""
     try:
         with open(log_path, errors="replace") as src:
-            for line in src:
-                if _TELLING.search(line) and "plugin 'c" not in line:
-                    return line.split("]", 1)[-1].strip()
+            lines = src.read().splitlines()
     except OSError:
         return None
+    for pattern in _DECISIVE:
+        for line in lines:
+            if pattern.search(line):
+                return line.split("]", 1)[-1].strip()
     return None
 
 
@@ -249,9 +260,11 @@ class Executor:
         self.driver = driver
         self.layout = layout
         self.timeout = timeout
+        self.started = 0  # steps begun, the one in progress included
 
     def carry_out(self, plan: Plan) -> None:
         for step in plan.steps:
+            self.started += 1
             log.debug("%s: %s", plan.profile, step.title)
             for action in step.do:
                 self._do(action)

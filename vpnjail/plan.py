@@ -74,14 +74,29 @@ class Plan:
     def files(self) -> list[WriteFile]:
         return [a for s in self.steps for a in s.do if isinstance(a, WriteFile)]
 
-    def render(self) -> str:
-        lines = [f"# profile {self.profile}"]
-        for number, step in enumerate(self.steps, 1):
+    def render(self, argv_of=None, first: int = 1) -> str:
+        """The plan as text; *argv_of(action)* gives the real command line."""
+        lines = [f"# profile {self.profile}"] if first == 1 else []
+        for number, step in enumerate(self.steps, first):
             lines.append(f"## {number}. {step.title}")
             for action in step.do:
-                lines.append(action.describe())
+                lines.append(_describe(action, argv_of))
                 if isinstance(action, WriteFile):
                     lines += ["  | " + line for line in action.content.splitlines()]
             for action in step.undo:
-                lines.append(f"  undo: {action.describe()}")
+                lines.append(f"  undo: {_describe(action, argv_of)}")
         return "\n".join(lines) + "\n"
+
+
+def _describe(action: Action, argv_of) -> str:
+    if argv_of is None or isinstance(action, WriteFile):
+        return action.describe()
+    text = action.describe()
+    where, _, rest = text.partition("] ")
+    shown = shlex.join(argv_of(action))
+    if isinstance(action, Spawn):
+        env = "".join(f"{k}={shlex.quote(v)} " for k, v in action.env)
+        return f"{where}] start {action.name}: {env}{shown}"
+    if action.input_text is not None:
+        shown += rest[rest.index(" <<EOF") :]
+    return f"{where}] {shown}"

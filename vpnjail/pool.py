@@ -7,6 +7,10 @@ from vpnjail.drivers.base import LinkAddresses
 DEFAULT_POOL = "100.127.0.0/16"  # RFC 6598 space, unlikely on real links
 
 
+class PoolExhausted(RuntimeError):
+    """No /30 of the link pool is free."""
+
+
 def allocate(pool: str, taken: set[str]) -> LinkAddresses:
     """The first /30 of *pool* none of whose addresses is in *taken*."""
     for subnet in ipaddress.ip_network(pool).subnets(new_prefix=30):
@@ -14,7 +18,7 @@ def allocate(pool: str, taken: set[str]) -> LinkAddresses:
         if str(host) in taken or str(jail) in taken:
             continue
         return LinkAddresses(f"{host}/30", f"{jail}/30")
-    raise RuntimeError(f"link pool {pool} is exhausted; give a larger --link-pool")
+    raise PoolExhausted(f"link pool {pool} is exhausted; give a larger --link-pool")
 
 
 def addresses(link: LinkAddresses) -> set[str]:

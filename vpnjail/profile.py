@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -34,18 +35,58 @@ class ProfileError(Exception):
 
 
 def _address(value: str) -> str:
-    ipaddress.ip_address(value)
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an IP address; write one such as 198.51.100.10"
+        ) from None
     return value
 
 
 def _network(value: str) -> str:
-    ipaddress.ip_network(value, strict=True)
+    try:
+        ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a network; write one such as 203.0.113.0/25 "
+            "(no host bits set)"
+        ) from None
     return value
 
 
 def _interface(value: str) -> str:
-    ipaddress.ip_interface(value)
+    try:
+        ipaddress.ip_interface(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an address with a prefix length; write one such "
+            "as 192.0.2.1/30"
+        ) from None
     return value
+
+
+def _jail_or_address(value: str) -> str:
+    if value == "jail":
+        return value
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is neither `jail` nor an IP address; write `jail` or an "
+            "address behind the tunnel such as 203.0.113.10"
+        ) from None
+    return value
+
+
+def _pushed_or_networks(value):
+    if value == "pushed":
+        return value
+    if not isinstance(value, list) or not value:
+        raise ValueError(
+            "write `pushed`, or a list of networks such as [203.0.113.0/25]"
+        )
+    return [_network(str(item)) for item in value]
 
 
 Address = Annotated[str, AfterValidator(_address)]
@@ -129,7 +170,7 @@ class PortForward(Strict):
 
     host_port: int = Field(ge=1, le=65535)
     proto: Literal["tcp", "udp"] = "tcp"
-    to: Literal["jail"] | Address = "jail"
+    to: Annotated[str, AfterValidator(_jail_or_address)] = "jail"
     port: int = Field(ge=1, le=65535)
 
 
@@ -141,7 +182,9 @@ class Profile(Strict):
     remote_id: Identity = Identity(type="any")
     auth: Auth
     mode_config: Literal["pull", "push", "off"] = "pull"
-    remote_networks: Literal["pushed"] | list[Network] = "pushed"
+    remote_networks: Annotated[str | list, AfterValidator(_pushed_or_networks)] = (
+        "pushed"
+    )
     backend: Literal["libipsec", "kernel"] = "libipsec"
     # "auto" exposes a tun device only where the backend needs one; "hidden"
     # and "exposed" override that, e.g. to reproduce a jail without tun.
@@ -151,18 +194,21 @@ class Profile(Strict):
     port_forwards: list[PortForward] = Field(default_factory=list)
     enabled: bool = True
 
-    @model_validator(mode="after")
-    def _forwards_unique(self) -> "Profile":
+    # A field validator runs even when other fields failed, so a duplicate
+    # forward is reported together with every other problem of the file.
+    @field_validator("port_forwards")
+    @classmethod
+    def _forwards_unique(cls, forwards: list[PortForward]) -> list[PortForward]:
         seen = set()
-        for forward in self.port_forwards:
+        for forward in forwards:
             key = (forward.proto, forward.host_port)
             if key in seen:
                 raise ValueError(
-                    f"port_forwards: {forward.proto} port {forward.host_port} "
-                    "is forwarded twice; keep one"
+                    f"{forward.proto} port {forward.host_port} is forwarded twice; "
+                    "keep one"
                 )
             seen.add(key)
-        return self
+        return forwards
 
 
 @dataclass(frozen=True)
@@ -181,9 +227,23 @@ def load_file(path: Path) -> LoadedProfile:
     except OSError as exc:
         raise ProfileError([f"{path}: cannot read: {exc.strerror}"]) from None
     try:
-        return LoadedProfile(path, Profile.model_validate(data or {}))
+        data = _anchor_secret_files(data or {}, path.parent)
+        return LoadedProfile(path, Profile.model_validate(data))
     except ValidationError as exc:
         raise ProfileError(_problems(path, exc)) from None
+
+
+def _anchor_secret_files(data, base: Path):
+    """Relative secret file paths are relative to the profile, not the cwd."""
+    if not isinstance(data, dict):
+        return data
+    anchored = {}
+    for key, value in data.items():
+        if key == "file" and isinstance(value, str) and not os.path.isabs(value):
+            anchored[key] = str(base / value)
+        else:
+            anchored[key] = _anchor_secret_files(value, base)
+    return anchored
 
 
 def _problems(path: Path, exc: ValidationError) -> list[str]:

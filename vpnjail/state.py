@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 
 
@@ -21,6 +22,13 @@ def _unlink_if_free(path: str) -> bool:
             return False
         os.remove(path)
         return True
+
+
+def _same_file(handle, path: str) -> bool:
+    try:
+        return os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 class State:
@@ -36,22 +44,30 @@ class State:
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """Hold the lock called *name* (a profile, or ``pool``)."""
-        self._ensure()
         path = os.path.join(self.locks_dir, f"{name}.lock")
-        with open(path, "w") as handle:
+        while True:
+            self._ensure()  # prune() may also have removed the directories
+            handle = open(path, "a")
             fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+            # prune() may have removed the file between open and flock; a
+            # lock on a deleted file excludes nobody, so take it again.
+            if _same_file(handle, path):
+                break
+            handle.close()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
 
     def save(self, name: str, record: dict) -> None:
         self._ensure()
         path = os.path.join(self.records_dir, f"{name}.json")
-        temporary = f"{path}.{os.getpid()}.tmp"
-        with open(temporary, "w") as out:
+        with tempfile.NamedTemporaryFile(
+            "w", dir=self.records_dir, prefix=f".{name}.", delete=False
+        ) as out:
             json.dump(record, out, indent=2)
-        os.replace(temporary, path)
+        os.replace(out.name, path)
 
     def load(self, name: str) -> dict | None:
         try:

@@ -11,7 +11,8 @@ DEFAULTS = {
     },
     "freebsd": {
         "profiles": "/usr/local/etc/vpnjail/profiles",
-        "state": "/var/run/vpnjail",
+        # Jail roots live under the state directory: keep it on disk.
+        "state": "/var/db/vpnjail",
     },
 }
 
@@ -33,6 +34,8 @@ def driver(system: str, options: dict) -> Driver:
             prefix=options.get("prefix") or "vpnjail-",
             host_netns=options.get("host_netns"),
         )
+    if system != "freebsd":
+        raise RuntimeError(f"no vpnjail driver for {system}")
     from vpnjail.drivers.freebsd import FreeBSDDriver
 
     return FreeBSDDriver(

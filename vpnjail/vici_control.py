@@ -82,7 +82,13 @@ def describe(session: vici.Session) -> dict:
     info = {"state": "connecting", "ike": None, "children": []}
     for ike in _ikes(session):
         info["ike"] = ike.get("state")
-        info["state"] = "up" if ike.get("state") == "ESTABLISHED" else "connecting"
+        installed = any(
+            c.get("state") == "INSTALLED" for c in ike.get("child-sas", {}).values()
+        )
+        if ike.get("state") != "ESTABLISHED":
+            info["state"] = "connecting"
+        else:
+            info["state"] = "up" if installed else "no tunnel"
         info["virtual_ip"] = (ike.get("local-vips") or [None])[0]
         info["gateway"] = ike.get("remote-host")
         for child in ike.get("child-sas", {}).values():

@@ -128,10 +128,12 @@ def test_concurrent_saves_of_different_names_keep_every_record(state):
 class Holder:
     """Holds one of *state*'s locks in a thread until released."""
 
-    def __init__(self, state: State, name: str):
+    def __init__(self, state: State, name: str, thread_name: str | None = None):
         self.acquired = threading.Event()
         self.release = threading.Event()
-        self.thread = threading.Thread(target=self._hold, args=(state, name))
+        self.thread = threading.Thread(
+            target=self._hold, args=(state, name), name=thread_name
+        )
         self.thread.start()
 
     def _hold(self, state, name):
@@ -167,17 +169,7 @@ def test_locks_of_different_profiles_do_not_wait_for_each_other(state):
         second.done()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="state.py lock() opens <name>.lock and flocks it in two steps; prune's "
-    "_unlink_if_free can remove the file between them, so the first holder "
-    "locks an unlinked inode while a second lock() creates a new file and "
-    "holds the same name at the same time (lock() never checks that the "
-    "locked inode is still the one at the path)",
-)
-def test_prune_between_open_and_flock_cannot_let_two_hold_one_lock(
-    state, monkeypatch
-):
+def test_prune_between_open_and_flock_cannot_let_two_hold_one_lock(state, monkeypatch):
     with state.lock("office"):
         pass  # the lock file exists and is free, as after any command
     opened, resume = threading.Event(), threading.Event()
@@ -195,12 +187,7 @@ def test_prune_between_open_and_flock_cannot_let_two_hold_one_lock(
             return fcntl.flock(handle, operation)
 
     monkeypatch.setattr(vpnjail.state, "fcntl", PausingFcntl)
-    first = Holder.__new__(Holder)
-    first.acquired, first.release = threading.Event(), threading.Event()
-    first.thread = threading.Thread(
-        target=first._hold, args=(state, "office"), name="first"
-    )
-    first.thread.start()
+    first = Holder(state, "office", thread_name="first")
     assert opened.wait(WAIT)
     state.prune()  # e.g. `vpnjail gc` at that moment
     resume.set()

@@ -55,6 +55,14 @@ class Driver:
         """Create the stack, link, firewall, write config, start charon."""
         raise NotImplementedError
 
+    def plan_after_up(self, profile: Profile, virtual_ip: str | None) -> Plan:
+        """What needs the tunnel's virtual IP: by default, nothing."""
+        return Plan(profile.name)
+
+    def display_argv(self, action, layout: Layout) -> list[str]:
+        """The command line *action* will run as, for ``render``."""
+        return list(action.argv)
+
     def plan_down(self, profile_name: str) -> Plan:
         """Stop charon and remove everything plan_up created."""
         raise NotImplementedError
@@ -78,6 +86,10 @@ class Driver:
     def forget(self, layout: Layout) -> None:
         """Remove the profile's private files (run and config directories)."""
         raise NotImplementedError
+
+    def advisories(self, profiles: list[Profile]) -> list[str]:
+        """Warnings that do not stop a profile (known bugs of a version)."""
+        return []
 
     def preflight(self, profiles: list[Profile]) -> list[str]:
         """Host problems for these profiles, each with the command fixing it."""

@@ -28,6 +28,7 @@ from vpnjail.profile import Profile
 log = logging.getLogger(__name__)
 
 IFNAMSIZ = 15
+FORWARD_TABLE = "vpnjail_forward"  # inside the profile's own stack
 HOLDER = "holder"
 CHARON = "charon"
 
@@ -141,6 +142,29 @@ class LinuxDriver(Driver):
                 )
             ],
         )
+
+    def plan_after_up(self, profile: Profile, virtual_ip: str | None) -> Plan:
+        plan = Plan(profile.name)
+        ruleset = tunnel_forward_nft(profile, FORWARD_TABLE, virtual_ip or "VIRTUAL_IP")
+        if ruleset is None:
+            return plan
+        plan.add(
+            "forwards into the tunnel, from the virtual IP (once it is known)",
+            [
+                Run(("sysctl", "-q", "-w", "net.ipv4.ip_forward=1"), "jail"),
+                Run(("nft", "delete", "table", "ip", FORWARD_TABLE), "jail",
+                    ok_codes=(0, 1)),
+                Run(("nft", "-f", "-"), "jail", input_text=ruleset),
+            ],
+        )  # fmt: skip
+        return plan
+
+    def display_argv(self, action, layout: Layout) -> list[str]:
+        if isinstance(action, Spawn) and action.where == "jail":
+            # Daemons start inside the sandbox, whose holder has no pid yet.
+            return ["nsenter", "--target=<holder pid>", "--mount", "--net", "--",
+                    *action.argv]  # fmt: skip
+        return self.argv_for(action, layout)
 
     def plan_down(self, profile_name: str) -> Plan:
         lay = self.layout(profile_name)
