@@ -105,12 +105,15 @@ def probe(
     tried = []
     for name in ("kvm", "tcg"):
         missing = _device_problem(kvm_device) if name == "kvm" else None
-        reason = missing or _firmware_boots(name, deadline, run_id, launch)
-        if reason.startswith("firmware reached"):
-            detail = "; ".join(tried + [f"{name}: {reason}"])
-            log.debug("accelerator %s chosen: %s", name, detail)
-            return Accel(name, detail, TIMEOUT_FACTORS[name])
+        booted, reason = (
+            (False, missing)
+            if missing
+            else _firmware_boots(name, deadline, run_id, launch)
+        )
         tried.append(f"{name}: {reason}")
+        if booted:
+            log.debug("accelerator %s chosen: %s", name, "; ".join(tried))
+            return Accel(name, "; ".join(tried), TIMEOUT_FACTORS[name])
     raise AccelError(
         "no accelerator boots a firmware-only guest: " + "; ".join(tried)
     )
@@ -124,14 +127,14 @@ def _device_problem(path: str) -> str | None:
     return None
 
 
-def _firmware_boots(name, deadline, run_id, launch) -> str:
-    """'firmware reached ...' on success, else what went wrong."""
+def _firmware_boots(name, deadline, run_id, launch) -> tuple[bool, str]:
+    """(True, how long it took) or (False, what went wrong)."""
     argv = probe_argv(name)
     started = time.monotonic()
     try:
         process = launch(argv, run_id)
     except OSError as exc:
-        return f"`{argv[0]}` could not start: {exc}"
+        return False, f"`{argv[0]}` could not start: {exc}"
     try:
         output, exited = _read_until_mark(process, deadline)
     finally:
@@ -144,14 +147,14 @@ def _firmware_boots(name, deadline, run_id, launch) -> str:
         seconds,
     )
     if BOOT_MARK in output:
-        return f"firmware reached 'Booting from' in {seconds:.1f}s"
+        return True, f"firmware reached 'Booting from' in {seconds:.1f}s"
     last = _last_line(output)
     if exited is not None:
-        return (
+        return False, (
             f"QEMU exited with status {exited} before 'Booting from' "
             f"(last output: {last})"
         )
-    return f"no 'Booting from' within {deadline:.0f}s (last output: {last})"
+    return False, f"no 'Booting from' within {deadline:.0f}s (last output: {last})"
 
 
 def _read_until_mark(process, deadline: float) -> tuple[bytes, int | None]:
