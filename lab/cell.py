@@ -122,10 +122,10 @@ def start_services(world: World, gateway_name: str) -> None:
         (topology.PROTECTED_SERVICE, f"{gateway_name}-lan"),
         (topology.JAIL_SERVICE, "jail"),
     ):
-        _start_service(world, service, name)
+        start_service(world, service, name)
 
 
-def _start_service(world: World, service: topology.Service, name: str) -> None:
+def start_service(world: World, service: topology.Service, name: str) -> None:
     node = world.node(service.node)
     node.spawn(
         _python(

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 
 from lab import responder, topology
-from lab.cell import Daemon, _start_service, start_daemon
+from lab.cell import Daemon, start_daemon, start_service
 from lab.platforms.base import Platform, World
 from lab.schema import Responder
 
@@ -41,7 +41,7 @@ def start(platform: Platform, world: World, spec: Responder, backend: str) -> Ga
     for role, address in topology.GATEWAY_ADDRESSES.items():
         names[role] = f"{spec.name}-{role}"
         service = topology.Service(LAN_OF[role], "203.0.113.10", 8080)
-        _start_service(world, service, names[role])
+        start_service(world, service, names[role])
         daemon = Daemon(
             "responder", world.stacks[role], responder.build(spec, address), backend
         )
