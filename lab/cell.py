@@ -11,7 +11,6 @@
 import logging
 import os
 import secrets
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -26,7 +25,6 @@ from lab.wait import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INITIATE_TIMEOUT_MS = 30000
 
 
@@ -72,7 +70,9 @@ def run_cell(
             return _responder_failed(gw, evidence)
         initiate_error = initiate(cl) if cl.started else None
         children = _children(cl)
-        traffic = check_traffic(world, config.responder.name) if children else {}
+        traffic = (
+            check_traffic(platform, world, config.responder.name) if children else {}
+        )
         outcome = classify(_evidence(cl, gw, initiate_error, children, traffic))
         return _finish(platform, daemons, outcome, traffic, evidence)
     finally:
@@ -102,7 +102,7 @@ def prepare(
         cell["backend"],
     )
     daemons = {"responder": gw, "client": cl}
-    start_services(world, config.responder.name)
+    start_services(platform, world, config.responder.name)
     daemons["capture"] = start_capture(world)
     start_daemon(platform, gw)
     if gw.started:
@@ -117,41 +117,34 @@ def stop(daemons: dict) -> None:
             daemon.charon.stop()
 
 
-def start_services(world: World, gateway_name: str) -> None:
+def start_services(platform: Platform, world: World, gateway_name: str) -> None:
     for service, name in (
         (topology.PROTECTED_SERVICE, f"{gateway_name}-lan"),
         (topology.JAIL_SERVICE, "jail"),
     ):
-        start_service(world, service, name)
+        start_service(platform, world, service, name)
 
 
-def start_service(world: World, service: topology.Service, name: str) -> None:
+def start_service(
+    platform: Platform, world: World, service: topology.Service, name: str
+) -> None:
     node = world.node(service.node)
     node.spawn(
-        _python(
-            "serve",
-            "--address",
-            service.address,
-            "--port",
-            str(service.port),
-            "--name",
-            name,
+        platform.python_argv(
+            node, "lab.service", "serve", "--address", service.address,
+            "--port", str(service.port), "--name", name,
         ),
         log_path=os.path.join(world.runtime_dir, f"service-{service.node}.log"),
-    )
+    )  # fmt: skip
     wait_until(
-        lambda: _listening(node, service.port),
+        lambda: _listening(platform, node, service.port),
         10,
         f"{node.label}: service on port {service.port}",
     )
 
 
-def _python(*args: str) -> list[str]:
-    return ["env", f"PYTHONPATH={REPO}", sys.executable, "-m", "lab.service", *args]
-
-
-def _listening(node, port: int) -> str | None:
-    result = node.run(["ss", "-Hltn", f"sport = :{port}"], check=False)
+def _listening(platform: Platform, node, port: int) -> str | None:
+    result = node.run(platform.listening_argv(node, port), check=False)
     return None if result.stdout.strip() else f"nothing listens on {port}"
 
 
@@ -177,12 +170,11 @@ def start_capture(world: World):
 
 
 def start_daemon(platform: Platform, daemon: Daemon) -> None:
-    daemon.charon = strongswan.Charon(daemon.stack.node, daemon.stack.run_dir)
-    settings = strongswan.charon_settings(
-        platform.system, daemon.backend, daemon.config.charon
-    )
+    system = platform.system_of(daemon.stack)
+    daemon.charon = platform.charon(daemon.stack)
+    settings = strongswan.charon_settings(system, daemon.backend, daemon.config.charon)
     daemon.charon.write_config(settings)
-    daemon.charon.start(platform.system)
+    daemon.charon.start(system)
     if not daemon.charon.running():
         log.debug("%s: charon exited during start", daemon.role)
         return
@@ -214,55 +206,47 @@ def _children(daemon: Daemon) -> list[str]:
     return vici_client.established_children(sas)
 
 
-def check_traffic(world: World, gateway_name: str) -> dict[str, str | None]:
+def check_traffic(
+    platform: Platform, world: World, gateway_name: str
+) -> dict[str, str | None]:
     """Each check's None on success, else what went wrong."""
     client_node = world.client.node
     target = topology.PROTECTED_SERVICE
+    forward = topology.Service(
+        "host", topology.HOST_WAN_ADDRESS, topology.FORWARDED_PORT
+    )
     return {
-        "ping": _ping(client_node, target.address),
-        "tcp": _ask(client_node, target, f"{gateway_name}-lan"),
-        "forward": _ask(
-            world.node("wan"),
-            topology.Service(
-                "host", topology.HOST_WAN_ADDRESS, topology.FORWARDED_PORT
-            ),
-            "jail",
-        ),
+        "ping": _ping(platform, client_node, target.address),
+        "tcp": _ask(platform, client_node, target, f"{gateway_name}-lan"),
+        "forward": _ask(platform, world.node("wan"), forward, "jail"),
     }
 
 
-def _ping(node, address: str) -> str | None:
-    result = node.run(
-        ["ping", "-c", "2", "-i", "0.2", "-W", "2", address], check=False, timeout=15
-    )
+def _ping(platform: Platform, node, address: str) -> str | None:
+    result = node.run(platform.ping_argv(node, address), check=False, timeout=15)
     if result.ok:
         return None
     return f"{node.label}: `{result.command}` expected replies, got none"
 
 
-def _ask(node, service: topology.Service, expect_name: str) -> str | None:
+def _ask(
+    platform: Platform, node, service: topology.Service, expect: str
+) -> str | None:
     token = secrets.token_hex(4)
     result = node.run(
-        _python(
-            "ask",
-            "--address",
-            service.address,
-            "--port",
-            str(service.port),
-            "--token",
-            token,
-            "--expect-name",
-            expect_name,
+        platform.python_argv(
+            node, "lab.service", "ask", "--address", service.address,
+            "--port", str(service.port), "--token", token, "--expect-name", expect,
         ),
         check=False,
         timeout=15,
-    )
+    )  # fmt: skip
     if result.ok:
         return None
     answer = (result.stdout or result.stderr).strip() or "no answer"
     return (
         f"{node.label}: TCP to {service.address}:{service.port} expected "
-        f"'{expect_name} {token}', got '{answer}'"
+        f"'{expect} {token}', got '{answer}'"
     )
 
 

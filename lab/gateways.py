@@ -41,7 +41,7 @@ def start(platform: Platform, world: World, spec: Responder, backend: str) -> Ga
     for role, address in topology.GATEWAY_ADDRESSES.items():
         names[role] = f"{spec.name}-{role}"
         service = topology.Service(LAN_OF[role], "203.0.113.10", 8080)
-        start_service(world, service, names[role])
+        start_service(platform, world, service, names[role])
         daemon = Daemon(
             "responder", world.stacks[role], responder.build(spec, address), backend
         )

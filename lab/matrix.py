@@ -78,11 +78,38 @@ def parse_selection(matrix: Matrix, specs: list[str]) -> dict[str, set[str]]:
     return selection
 
 
+def parse_selection_across(
+    matrices: list[Matrix], specs: list[str]
+) -> dict[str, set[str]]:
+    """A selection valid for at least one of *matrices* (every platform's
+    scenarios share one command line); an axis or value no matrix knows is
+    an error naming what they allow."""
+    merged = Matrix.model_construct(
+        platform="any",
+        axes=_union_axes(matrices),
+        exclude=[],
+        auth={},
+        default=[],
+    )
+    return parse_selection(merged, specs)
+
+
+def _union_axes(matrices: list[Matrix]) -> dict[str, list[str]]:
+    axes: dict[str, list[str]] = {}
+    for matrix in matrices:
+        for name, values in matrix.axes.items():
+            known = axes.setdefault(name, [])
+            known += [v for v in values if v not in known]
+    return axes
+
+
 def select(cells: list[Cell], selection: dict[str, set[str]]) -> list[Cell]:
+    """Cells matching every selected axis; a cell without one of the axes
+    (another platform's) does not match."""
     return [
         cell
         for cell in cells
-        if all(cell[axis] in values for axis, values in selection.items())
+        if all(cell.as_dict().get(axis) in values for axis, values in selection.items())
     ]
 
 

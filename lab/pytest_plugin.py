@@ -15,7 +15,7 @@ import pytest
 
 from lab import config as lab_config
 from lab import preflight, reaper, report, results, runid, schema
-from lab.matrix import default, full, parse_selection, select
+from lab.matrix import default, full, parse_selection_across, select
 from lab.platforms import get as get_platform
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,34 @@ def pytest_addoption(parser):
         help="directory of matrix/, expectations/, responder.yaml, client.yaml",
     )
     group.addoption(
+        "--image",
+        action="append",
+        default=[],
+        metavar="[VERSION=]PATH",
+        help="a FreeBSD VM image you already have (repeatable)",
+    )
+    group.addoption(
+        "--download-images",
+        action="store_true",
+        help="download missing FreeBSD images from the FreeBSD project",
+    )
+    group.addoption(
+        "--hypervisor",
+        default=None,
+        help="qemu (default), libvirt:URI or bhyve",
+    )
+    group.addoption(
+        "--vm-hosts",
+        default="",
+        metavar="URI[,URI]",
+        help="libvirt hosts to spread VM cells over (one per xdist worker)",
+    )
+    group.addoption(
+        "--record",
+        action="store_true",
+        help="write observed FreeBSD outcomes into the expectations file",
+    )
+    group.addoption(
         "--lab-reports",
         default=os.environ.get("VJLAB_REPORTS", os.path.join(REPO, "reports")),
         help="directory holding one sub-directory per run",
@@ -65,6 +93,7 @@ def pytest_configure(config):
         )
     except schema.FixtureError as exc:
         raise pytest.UsageError(f"bad fixture:\n{exc}") from None
+    axis_selection(config)  # a bad --axis stops the run before collection
     if workerinput is not None:
         # xdist workers re-parse the command line; the allure directory
         # chosen by the controller has to be handed over explicitly.
@@ -87,16 +116,24 @@ def pytest_configure_node(node):
     )
 
 
-def selected_cells(config):
-    lab = config.vjlab_config
-    base = (
-        full(lab.matrix) if config.getoption("cells") == "full" else default(lab.matrix)
-    )
+def selected_cells(config, matrix=None):
+    """The cells of *matrix* (default: the platform's) the command line asks for."""
+    matrix = matrix or config.vjlab_config.matrix
+    base = full(matrix) if config.getoption("cells") == "full" else default(matrix)
+    return select(base, axis_selection(config))
+
+
+def axis_selection(config) -> dict[str, set[str]]:
+    """``--axis`` checked against every platform's matrix."""
     try:
-        selection = parse_selection(lab.matrix, config.getoption("axis"))
+        return parse_selection_across(all_matrices(), config.getoption("axis"))
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
-    return select(base, selection)
+
+
+def all_matrices() -> list:
+    folder = lab_config.FIXTURES / "matrix"
+    return [schema.load(path, schema.Matrix) for path in sorted(folder.glob("*.yaml"))]
 
 
 @pytest.fixture(scope="session")
@@ -184,8 +221,25 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         run["secret_leaks"] = leaks
     results.write_results(config.vjlab_run_dir, run, records)
+    if config.getoption("record"):
+        record_observed(config, records)
     report.write_html(config.vjlab_run_dir, run, records)
     report.point_latest(config.getoption("lab_reports"), run_id)
+
+
+def record_observed(config, records: list[dict]) -> None:
+    """``--record``: FreeBSD outcomes become that platform's expectations."""
+    from lab import record
+
+    cells = [r for r in records if r["id"].startswith("freebsd/")]
+    if not cells:
+        log.warning("--record: no FreeBSD cell ran; nothing recorded")
+        return
+    path = lab_config.load("freebsd", config.getoption("lab_fixtures")).paths[
+        "expectations"
+    ]
+    versions = record.versions_from_evidence(config.vjlab_run_dir, {"cells": cells})
+    record.record({"cells": cells}, path, versions)
 
 
 def secret_leaks(run_dir: str, lab) -> list[str]:

@@ -7,10 +7,13 @@ cell runner (:mod:`lab.cell`) only talks to this interface, so the same
 scenario, cell ids and outcomes serve Linux namespaces and FreeBSD jails.
 """
 
+import sys
 from dataclasses import dataclass, field
 
 from lab.matrix import Cell
 from lab.node import Node
+
+REPO = __file__.rsplit("/lab/", 1)[0]
 
 
 @dataclass
@@ -63,3 +66,24 @@ class Platform:
     def kernel_state(self, stack: Stack) -> dict[str, str]:
         """Text evidence of the client stack's kernel: SAs, policies, routes."""
         raise NotImplementedError
+
+    # What the cell runner asks of a platform for one stack or node. The
+    # defaults describe a Linux node of this machine; a platform whose
+    # nodes live elsewhere (a VM, a jail) overrides them.
+
+    def charon(self, stack: Stack):
+        from lab.strongswan import Charon
+
+        return Charon(stack.node, stack.run_dir)
+
+    def system_of(self, stack: Stack) -> str:
+        return self.system
+
+    def python_argv(self, node: Node, module: str, *args: str) -> list[str]:
+        return ["env", f"PYTHONPATH={REPO}", sys.executable, "-m", module, *args]
+
+    def listening_argv(self, node: Node, port: int) -> list[str]:
+        return ["ss", "-Hltn", f"sport = :{port}"]
+
+    def ping_argv(self, node: Node, address: str) -> list[str]:
+        return ["ping", "-c", "2", "-i", "0.2", "-W", "2", address]

@@ -8,7 +8,9 @@ word, and the provisioned disk layer is keyed on their text.
 
 Layers: the release image, then a provisioned layer (pkg, python3,
 strongSwan from pkg or from ports with KERNELLIBIPSEC), then one throw-away
-layer per cell, in which the cell's kernel modules are loaded.
+layer per cell, in which the cell's kernel modules are loaded and its world
+is made: devfs ruleset, jail, addresses, routes and pf (the second half of
+this module).
 """
 
 import datetime
@@ -31,6 +33,13 @@ DEFAULT_USER = "freebsd"  # nuageinit's default user (libexec/nuageinit)
 MGMT_IF = "vtnet0"  # first NIC: SSH from the lab, DHCP
 WAN_IF = "vtnet1"  # second NIC: the cell's wan link, addressed per cell
 BUILDS = ("pkg", "ports")
+# Packages carry the python flavour in their names (py311-pyyaml); security/
+# py-vici depends on no strongSwan, so it cannot pull in the package build.
+VPNJAIL_DEPENDENCIES = (
+    "p=$(python3 -c 'import sys; print(\"py%d%d\" % sys.version_info[:2])') && "
+    "env ASSUME_ALWAYS_YES=yes IGNORE_OSVERSION=yes pkg install -y "
+    '"$p-pyyaml" "$p-pydantic2" "$p-vici"'
+)
 
 # sshd keeps the first value it reads for a keyword, and both images append
 # theirs (release/tools/basic-ci.conf, basic-cloudinit.conf): delete those
@@ -158,6 +167,8 @@ def base_steps() -> list[Step]:
              (*PKG, "install", "-y", "python3")),
         Step("python3 is 3.11 or later",
              ("python3", "-c", "import sys; sys.exit(sys.version_info < (3, 11))")),
+        Step("vpnjail's Python dependencies, built for that python3",
+             ("sh", "-c", VPNJAIL_DEPENDENCIES)),
         Step("DHCP on the management NIC only; the wan NIC is set per cell",
              ("sysrc", f"ifconfig_{MGMT_IF}=DHCP", f"ifconfig_{WAN_IF}=up")),
         Step("the lab's directory", ("mkdir", "-p", f"{GUEST_DIR}/packages")),
@@ -259,7 +270,7 @@ def module_steps(ipsec: str, pf: bool = True) -> list[Step]:
             ),
         ]
     elif ipsec == "unloaded":
-        gone = "! kldstat -q -n ipsec.ko || kldunload ipsec.ko"
+        gone = "! kldstat -q -m ipsec || kldunload ipsec"
         steps += [
             Step("ipsec.ko not loaded", ("sh", "-c", gone)),
             Step("kern.features.ipsec absent",
@@ -298,3 +309,202 @@ def run_steps(node, steps: list[Step]) -> list:
             )
         )
     return results
+
+
+# -- the cell layer: the cell's world inside the guest ------------------------------
+
+JAIL = "lab"
+JAILS_DIR = f"{GUEST_DIR}/jails"
+GUEST_PY = f"{GUEST_DIR}/py"  # the lab's stdlib-only modules, for python3 -m
+JAIL_CONF = f"{GUEST_DIR}/jail.conf"
+JAIL_FSTAB = f"{GUEST_DIR}/jail.fstab"
+PF_CONF = "/etc/pf.conf"
+ANCHOR = "vpnjail/lab"
+ANCHOR_FILE = f"{GUEST_DIR}/anchor.pf"
+EPAIR = "epair0"
+CLASSIC_IF = "lo1"
+TUN_RULESET = 100
+RULESETS = {"hostdev": None, "rs4": 4, "rs5": 5, "rs5tun": TUN_RULESET}
+# The host's programs, read-only in the jail; /etc, /var/run, /tmp are its own.
+JAIL_MOUNTS = ("/bin", "/sbin", "/lib", "/libexec", "/usr", GUEST_PY)
+
+
+def ruleset_number(devfs: str) -> int | None:
+    if devfs not in RULESETS:
+        raise ValueError(f"devfs {devfs!r}: allowed {', '.join(RULESETS)}")
+    return RULESETS[devfs]
+
+
+def devfs_steps(devfs: str) -> list[Step]:
+    """The cell's devfs ruleset: 4 and 5 ship in /etc/defaults/devfs.rules."""
+    number = ruleset_number(devfs)
+    if number is None:
+        return []
+    if number != TUN_RULESET:
+        return [_ruleset_loaded(number)]
+    rules = ("devfs", "rule", "-s", str(TUN_RULESET))
+    return [
+        _ruleset_loaded(5),
+        Step(f"devfs ruleset {TUN_RULESET} afresh", (*rules, "delset")),
+        Step(
+            f"ruleset {TUN_RULESET}: devfsrules_jail_vnet",
+            (*rules, "add", "include", "5"),
+        ),
+        Step(
+            f"ruleset {TUN_RULESET}: and tun*",
+            (*rules, "add", "path", "tun*", "unhide"),
+        ),
+    ]
+
+
+def _ruleset_loaded(number: int) -> Step:
+    shown = f"devfs rule -s {number} show | grep -q ."
+    return Step(f"devfs ruleset {number} is loaded", ("sh", "-c", shown))
+
+
+def jail_root(name: str = JAIL) -> str:
+    return f"{JAILS_DIR}/{name}"
+
+
+def jail_root_steps(root: str) -> list[Step]:
+    """A jail root borrowing the host's programs; its own /etc and /var/run.
+
+    ``/run`` links to ``var/run``: the lab's strongswan.conf names /run, and
+    FreeBSD's own programs use /var/run. The run-time linker's hints are
+    copied so charon finds its libraries under /usr/local/lib.
+    """
+    dirs = [f"{root}{path}" for path in (*JAIL_MOUNTS, "/var/run", "/tmp", "/dev")]
+    return [
+        Step(f"jail root {root}", ("mkdir", "-p", *dirs, f"{root}/root")),
+        Step("its own /etc", ("cp", "-Rp", "/etc", f"{root}/")),
+        Step(
+            "the linker's hints", ("cp", "/var/run/ld-elf.so.hints", f"{root}/var/run/")
+        ),
+        Step("/run is /var/run", ("ln", "-sf", "var/run", f"{root}/run")),
+        Step("/tmp for everyone", ("chmod", "1777", f"{root}/tmp")),
+    ]
+
+
+def render_fstab(root: str) -> str:
+    lines = ["# vjlab: the jail's file systems, mounted by jail(8)"]
+    lines += [f"{path}\t{root}{path}\tnullfs\tro\t0\t0" for path in JAIL_MOUNTS]
+    return "\n".join(lines) + "\n"
+
+
+def render_jail_conf(isolation: str, devfs: str, root: str, address: str) -> str:
+    """jail.conf(5) for the cell's jail: vnet, or classic on the host's stack.
+
+    A classic jail needs ``allow.socket_af`` for PF_KEY and
+    ``allow.raw_sockets`` for PF_KEY's PRIV_NET_RAW and ping; a vnet jail is
+    granted both by its own network stack.
+    """
+    ruleset = ruleset_number(devfs)
+    lines = [
+        "# vjlab: the cell's jail",
+        f"{JAIL} {{",
+        f'\tpath = "{root}";',
+        f'\thost.hostname = "{JAIL}";',
+        "\tpersist;",
+        "\tallow.raw_sockets;",
+        "\tmount.devfs;",
+        f"\tdevfs_ruleset = {ruleset};",
+        f'\tmount.fstab = "{JAIL_FSTAB}";',
+    ]
+    if isolation == "vnet":
+        lines += ['\tvnet = "new";', f'\tvnet.interface = "{EPAIR}b";']
+    elif isolation == "jail":
+        lines += ["\tallow.socket_af;", f'\tip4.addr = "{CLASSIC_IF}|{address}/32";']
+    else:
+        raise ValueError(f"isolation {isolation!r} has no jail")
+    return "\n".join([*lines, "}", ""])
+
+
+def render_pf_conf() -> str:
+    """The guest's main ruleset: it evaluates the anchors under vpnjail/.
+
+    vpnjail's driver puts each profile in ``vpnjail/<name>``; the lab's cell
+    rules live in ``vpnjail/lab``, so one pfctl call shows both.
+    """
+    return "\n".join(
+        [
+            "# vjlab: main ruleset of the guest",
+            "set skip on lo0",
+            'nat-anchor "vpnjail/*"',
+            'rdr-anchor "vpnjail/*"',
+            "pass all",
+            'anchor "vpnjail/*"',
+            "",
+        ]
+    )
+
+
+def render_anchor(nat: str, jail_network: str, jail_address: str, port: int) -> str:
+    """The cell's NAT (``pf``) and the port forward into the jail (always)."""
+    lines = [f"# vjlab: the cell's rules (pfctl -a {ANCHOR} -f {ANCHOR_FILE})"]
+    if nat == "pf":
+        lines.append(f"nat on {WAN_IF} inet from {jail_network} to any -> ({WAN_IF})")
+    lines.append(
+        f"rdr on {WAN_IF} inet proto tcp from any to ({WAN_IF}) port {port} "
+        f"-> {jail_address} port {port}"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def write_file_step(path: str, text: str) -> Step:
+    return Step(f"write {path}", ("sh", "-c", f"cat > {shlex.quote(path)}"), text)
+
+
+def wan_steps(wan_cidr: str, gateway: str) -> list[Step]:
+    """The guest's wan address and its default route through the wan."""
+    return [
+        Step("wan address", ("ifconfig", WAN_IF, "inet", wan_cidr, "up")),
+        # DHCP on the management NIC may have set one; the cell's goes via wan.
+        Step("no default route yet", ("route", "-n", "delete", "-inet", "default"),
+             check=False),
+        Step("default route via the wan",
+             ("route", "-n", "add", "-inet", "default", gateway)),
+        Step("forwarding", ("sysctl", "net.inet.ip.forwarding=1")),
+    ]  # fmt: skip
+
+
+def jail_link_steps(kind: str, host_cidr: str) -> list[Step]:
+    """The guest's side of the jail's link: an epair for a vnet jail, a
+    loopback for a classic jail's address, nothing without a jail."""
+    if kind == "vnet":
+        return [
+            Step("epair to the jail", ("ifconfig", EPAIR, "create")),
+            Step("host end of the jail link",
+                 ("ifconfig", f"{EPAIR}a", "inet", host_cidr, "up")),
+        ]  # fmt: skip
+    if kind == "jail":
+        return [
+            Step("loopback for the jail's address", ("ifconfig", CLASSIC_IF, "create"))
+        ]
+    if kind == "none":
+        return []
+    raise ValueError(f"jail kind {kind!r}: allowed vnet, jail, none")
+
+
+def jail_create_step() -> Step:
+    return Step(f"jail {JAIL}", ("jail", "-f", JAIL_CONF, "-c", JAIL))
+
+
+def vnet_jail_network_steps(jail_cidr: str, host_address: str) -> list[Step]:
+    """Run inside the vnet jail: loopback, its end of the epair, its route."""
+    return [
+        Step("jail loopback", ("ifconfig", "lo0", "inet", "127.0.0.1/8", "up")),
+        Step("jail end of the link",
+             ("ifconfig", f"{EPAIR}b", "inet", jail_cidr, "up")),
+        Step("jail default route",
+             ("route", "-n", "add", "-inet", "default", host_address)),
+    ]  # fmt: skip
+
+
+def pf_steps(with_anchor: bool = True) -> list[Step]:
+    enable = "pfctl -s info | grep -q 'Status: Enabled' || pfctl -e"
+    steps = [Step("main pf ruleset", ("pfctl", "-f", PF_CONF))]
+    if with_anchor:
+        steps.append(
+            Step(f"anchor {ANCHOR}", ("pfctl", "-a", ANCHOR, "-f", ANCHOR_FILE))
+        )
+    return [*steps, Step("pf enabled", ("sh", "-c", enable))]

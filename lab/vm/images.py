@@ -485,3 +485,30 @@ def missing_reason(version: str, manifest: Manifest, command: str) -> str:
         "or allow downloads from download.freebsd.org (network access) with "
         f"`{command} --download-images`"
     )
+
+
+def availability(
+    version: str,
+    manifest: Manifest,
+    options: list[str],
+    allow_download: bool,
+    command: str,
+    root: Path = CACHE,
+    transport: Transport | None = None,
+) -> Image | str:
+    """The image for *version*, or why there is none and what to run.
+
+    Looks at ``--image`` values and the cache; downloads only when allowed.
+    A string answer is a skip reason: nothing was booted, nothing created.
+    """
+    found = find(version, manifest, options, root)
+    if found is not None:
+        return found
+    if not allow_download:
+        return missing_reason(version, manifest, command)
+    try:
+        return obtain(wanted(manifest, version), manifest, root, transport)
+    except ImageError as exc:
+        return (
+            f"{missing_reason(version, manifest, command)}; the download failed: {exc}"
+        )
