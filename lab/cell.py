@@ -153,7 +153,20 @@ def start_capture(world: World):
     node = world.node(node_role)
     path = os.path.join(world.runtime_dir, "wan.pcap")
     process = node.spawn(
-        ["tcpdump", "-i", interface, "-n", "-U", "-Z", "root", "-w", path],
+        # Without --immediate-mode tcpdump buffers in the kernel and a capture
+        # stopped a second later holds nothing.
+        [
+            "tcpdump",
+            "-i",
+            interface,
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-Z",
+            "root",
+            "-w",
+            path,
+        ],
         log_path=os.path.join(world.runtime_dir, "tcpdump.log"),
     )
 

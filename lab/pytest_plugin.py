@@ -203,6 +203,7 @@ def pytest_sessionfinish(session, exitstatus):
     for line in reaper.reap(run_id=run_id, force=True):
         if not line.startswith("directory"):
             log.warning("left behind by this run, removed: %s", line)
+    scrub_allure(config)
     records = results.collect(config.vjlab_run_dir)
     if not records:
         return
@@ -240,6 +241,24 @@ def record_observed(config, records: list[dict]) -> None:
     ]
     versions = record.versions_from_evidence(config.vjlab_run_dir, {"cells": cells})
     record.record({"cells": cells}, path, versions)
+
+
+def scrub_allure(config) -> None:
+    """allure-pytest records every test parameter; a unit test's parameters
+    may hold a fixture's secret, so its results are redacted in place."""
+    from lab.cell import redactor_for
+
+    folder = getattr(config.option, "allure_report_dir", None)
+    if not folder or not os.path.isdir(folder):
+        return
+    redactor = redactor_for(config.vjlab_config)
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        with open(path, "rb") as src:
+            blob = src.read()
+        if redactor.leaks(blob):
+            with open(path, "w") as out:
+                out.write(redactor.text(blob.decode(errors="replace")))
 
 
 def secret_leaks(run_dir: str, lab) -> list[str]:

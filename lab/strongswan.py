@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from lab.node import Node, Process
 from lab.wait import WaitTimeout, wait_until
 from vpnjail import strongswan as shared
+from vpnjail import vici_control
 from vpnjail.strongswan import render_sections, render_swanctl  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,12 @@ class Charon:
     def _started(self) -> str | None:
         if self.process.exited() is not None:
             return None
-        if os.path.exists(self.vici_socket):
+        # The socket file appears before charon accepts on it.
+        if os.path.exists(self.vici_socket) and vici_control.reachable(
+            self.vici_socket
+        ):
             return None
-        return "VICI socket not there yet"
+        return "VICI does not answer yet"
 
     def running(self) -> bool:
         return self.process is not None and self.process.exited() is None

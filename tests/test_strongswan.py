@@ -107,14 +107,15 @@ def test_charon_settings_merge_extra_plugins_keeping_vici():
     assert settings["cisco_unity"] == "yes"
 
 
-@pytest.mark.parametrize(
-    ("side", "build", "spec"),
-    [
-        ("responder", responder.build, LAB.responder),
-        ("client", client.build, LAB.client),
-    ],
-)
-def test_render_swanctl_never_holds_a_secret(side, build, spec):
+SIDES = {
+    "responder": (responder.build, LAB.responder),
+    "client": (client.build, LAB.client),
+}
+
+
+@pytest.mark.parametrize("side", sorted(SIDES))
+def test_render_swanctl_never_holds_a_secret(side):
+    build, spec = SIDES[side]
     daemon = build(spec, GATEWAY)
     text = strongswan.render_swanctl(daemon.conns, daemon.secrets, daemon.pools)
     values = [secret["data"] for secret in daemon.secrets]

@@ -79,7 +79,7 @@ class GuestLab:
         self.key_path = os.path.join(self.workdir, "id_ed25519")
         self.timings: dict[str, float] = {}
         self._seed: str | None = None
-        self._accel = None
+        self.accel = None
 
     def unavailable(self) -> str | None:
         """None when this host can build and boot the guest, else why not."""
@@ -148,6 +148,7 @@ class GuestLab:
         spec = self.spec(purpose, disk, base)
         started = time.monotonic()
         guest = self.hypervisor.start(spec)
+        self.accel = guest.accel
         node = None
         try:
             node = wait_for_ssh(
@@ -162,7 +163,6 @@ class GuestLab:
             )
             self.timings[f"boot-{purpose}"] = round(time.monotonic() - started, 1)
             log.info("%s: SSH after %.0fs", guest.name, time.monotonic() - started)
-            self._accel = guest.accel
             yield node
         finally:
             if node is not None and keep:
@@ -202,7 +202,7 @@ class GuestLab:
         return self._seed
 
     def _scaled(self, seconds: float) -> float:
-        return self._accel.scaled(seconds) if self._accel else seconds
+        return self.accel.scaled(seconds) if self.accel else seconds
 
     def run_cells(
         self, node: SSHNode, target: str, axes: tuple[str, ...] = LINUX_SUBSET

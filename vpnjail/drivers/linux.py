@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import time
 
-from vpnjail import linux_sandbox, strongswan
+from vpnjail import linux_sandbox, strongswan, vici_control
 from vpnjail.drivers.base import Driver, Layout, LinkAddresses, Needs
 from vpnjail.plan import Plan, Run, Spawn, WriteFile
 from vpnjail.processes import alive as pid_alive
@@ -235,7 +235,7 @@ class LinuxDriver(Driver):
         else:
             ready = layout.vici_socket
         deadline = time.monotonic() + timeout
-        while not os.path.exists(ready):
+        while not self._ready(action, ready):
             if not pid_alive(pid):
                 raise RuntimeError(
                     f"{action.name} exited during start{self._why(layout)}"
@@ -243,6 +243,12 @@ class LinuxDriver(Driver):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{action.name} not ready within {timeout:.0f}s")
             time.sleep(0.05)
+
+    def _ready(self, action: Spawn, path: str) -> bool:
+        if not os.path.exists(path):
+            return False
+        # charon creates its socket before it accepts connections on it.
+        return action.name == HOLDER or vici_control.reachable(path)
 
     def _why(self, layout: Layout) -> str:
         try:

@@ -1,0 +1,122 @@
+"""The Linux cells inside a Debian 12 guest: same cells, a kernel with ESP.
+
+Builds (or finds cached) the lab's Debian 12 image and its provisioned
+layer, boots a throw-away overlay under QEMU (KVM where it really boots,
+else TCG), runs the Linux subset of the matrix inside the guest and
+brings its results.json and evidence back to ``reports/<run>/vm-debian/``.
+Debian's kernel has ESP, so the kernel-netlink cells that end in
+SAD_INSTALL_FAILED(EPROTONOSUPPORT) on a host without it are expected UP
+in the guest: the same cell, judged by the same rules, where the kernel
+can. Slow under TCG, but never skipped for that.
+"""
+
+import json
+import logging
+import os
+import shutil
+import time
+
+import pytest
+
+from lab.vm import guest_lab
+
+log = logging.getLogger(__name__)
+
+# Tool -> Debian package, for the skip message.
+TOOLS = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "debootstrap": "debootstrap",
+    "mkfs.ext4": "e2fsprogs",
+}
+
+
+def missing_pieces() -> str | None:
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        packages = " ".join(TOOLS[tool] for tool in missing)
+        return (
+            f"the Debian guest needs {', '.join(missing)}: apt-get install {packages}"
+        )
+    if os.geteuid() != 0:
+        return "the Debian guest is built with debootstrap and chroot: run as root"
+    return None
+
+
+@pytest.fixture(scope="module")
+def report_dir(request):
+    """reports/<run>/vm-debian, with the lab's DEBUG log of the whole scenario."""
+    path = os.path.join(request.config.vjlab_run_dir, "vm-debian")
+    os.makedirs(path, exist_ok=True)
+    handler = logging.FileHandler(os.path.join(path, "vm.log"))
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    lab_logger = logging.getLogger("lab")
+    lab_logger.addHandler(handler)
+    lab_logger.setLevel(logging.DEBUG)
+    yield path
+    lab_logger.removeHandler(handler)
+    handler.close()
+
+
+@pytest.fixture(scope="module")
+def debian_lab(request):
+    why = missing_pieces()
+    if why:
+        pytest.skip(why)
+    return guest_lab.GuestLab(request.config.vjlab_run_id)
+
+
+def test_debian_guest_runs_the_linux_cells(debian_lab, report_dir):
+    started = time.monotonic()
+    layers = debian_lab.layers()
+    try:
+        with debian_lab.guest("cells", layers.provisioned, layers.base) as node:
+            run = debian_lab.run_cells(node, report_dir)
+    finally:
+        debian_lab.keep_consoles(os.path.join(report_dir, "guest"))
+    again = debian_lab.layers()
+    _write_summary(report_dir, debian_lab, layers, run, time.monotonic() - started)
+
+    assert not again.built_base and not again.provisioned_now, (
+        f"a second lookup rebuilt a layer: {again}"
+    )
+    capabilities = run.results["run"].get("capabilities", {})
+    assert capabilities.get("esp", {}).get("value"), (
+        f"vm-debian: expected a guest kernel with ESP, got {capabilities}"
+    )
+    cells = run.results["cells"]
+    assert len(cells) == 4, (
+        f"vm-debian: expected the 4 cells of {guest_lab.LINUX_SUBSET}, "
+        f"got {[cell['id'] for cell in cells]}\n{run.output[-2000:]}"
+    )
+    assert not run.mismatches(), _mismatches(run, report_dir)
+
+
+def _write_summary(path, lab, layers, run, seconds) -> None:
+    summary = {
+        "accel": lab.accel.name if lab.accel else None,
+        "accel_detail": lab.accel.detail if lab.accel else None,
+        "image": layers.base.manifest(),
+        "built_base": layers.built_base,
+        "provisioned_now": layers.provisioned_now,
+        "layer_seconds": layers.seconds,
+        "boot_seconds": lab.timings,
+        "cells_seconds": run.seconds,
+        "scenario_seconds": round(seconds, 1),
+        "guest_pytest_exit": run.returncode,
+    }
+    with open(os.path.join(path, "vm.json"), "w") as out:
+        json.dump(summary, out, indent=2)
+    log.info("vm-debian: %s", json.dumps(summary["layer_seconds"]))
+
+
+def _mismatches(run, path: str) -> str:
+    lines = [
+        f"  {cell['id']}: expected {cell['expected']}, got {cell['outcome']} "
+        f"({cell['detail']}); evidence {os.path.join(path, cell['evidence'])}"
+        for cell in run.mismatches()
+    ]
+    return "cells in the Debian guest did not match:\n" + "\n".join(lines)
