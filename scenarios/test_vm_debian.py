@@ -8,6 +8,10 @@ Debian's kernel has ESP, so the kernel-netlink cells that end in
 SAD_INSTALL_FAILED(EPROTONOSUPPORT) on a host without it are expected UP
 in the guest: the same cell, judged by the same rules, where the kernel
 can. Slow under TCG, but never skipped for that.
+
+The same runs under libvirt (``VJLAB_LIBVIRT_URI``, default
+qemu:///system) where libvirt-python is installed and a libvirtd answers;
+elsewhere that variant is skipped with the reason.
 """
 
 import json
@@ -18,6 +22,7 @@ import time
 
 import pytest
 
+from lab import runid
 from lab.vm import guest_lab
 
 log = logging.getLogger(__name__)
@@ -28,6 +33,13 @@ TOOLS = {
     "qemu-img": "qemu-utils",
     "debootstrap": "debootstrap",
     "mkfs.ext4": "e2fsprogs",
+}
+
+
+LIBVIRT_URI = os.environ.get("VJLAB_LIBVIRT_URI", "qemu:///system")
+FLAVOURS = {
+    "qemu": (None, "vm-debian"),
+    "libvirt": (f"libvirt:{LIBVIRT_URI}", "vm-debian-libvirt"),
 }
 
 
@@ -43,10 +55,15 @@ def missing_pieces() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def report_dir(request):
-    """reports/<run>/vm-debian, with the lab's DEBUG log of the whole scenario."""
-    path = os.path.join(request.config.vjlab_run_dir, "vm-debian")
+@pytest.fixture(params=sorted(FLAVOURS))
+def flavour(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def report_dir(request, flavour):
+    """reports/<run>/vm-debian[-libvirt], with the lab's DEBUG log in vm.log."""
+    path = os.path.join(request.config.vjlab_run_dir, FLAVOURS[flavour][1])
     os.makedirs(path, exist_ok=True)
     handler = logging.FileHandler(os.path.join(path, "vm.log"))
     handler.setLevel(logging.DEBUG)
@@ -61,19 +78,28 @@ def report_dir(request):
     handler.close()
 
 
-@pytest.fixture(scope="module")
-def debian_lab(request):
+@pytest.fixture
+def debian_lab(request, flavour):
     why = missing_pieces()
     if why:
         pytest.skip(why)
-    return guest_lab.GuestLab(request.config.vjlab_run_id)
+    uri, folder = FLAVOURS[flavour]
+    run_id = request.config.vjlab_run_id
+    lab = guest_lab.GuestLab(
+        run_id, os.path.join(runid.runtime_dir(run_id), folder), uri
+    )
+    unavailable = lab.hypervisor.unavailable()
+    if unavailable:
+        pytest.skip(f"{flavour}: {unavailable}")
+    return lab
 
 
-def test_debian_guest_runs_the_linux_cells(debian_lab, report_dir):
+def test_debian_guest_runs_the_linux_cells(debian_lab, flavour, report_dir):
+    purpose = "cells" if flavour == "qemu" else f"cells-{flavour}"
     started = time.monotonic()
     layers = debian_lab.layers()
     try:
-        with debian_lab.guest("cells", layers.provisioned, layers.base) as node:
+        with debian_lab.guest(purpose, layers.provisioned, layers.base) as node:
             run = debian_lab.run_cells(node, report_dir)
     finally:
         debian_lab.keep_consoles(os.path.join(report_dir, "guest"))
@@ -85,11 +111,11 @@ def test_debian_guest_runs_the_linux_cells(debian_lab, report_dir):
     )
     capabilities = run.results["run"].get("capabilities", {})
     assert capabilities.get("esp", {}).get("value"), (
-        f"vm-debian: expected a guest kernel with ESP, got {capabilities}"
+        f"{flavour}: expected a guest kernel with ESP, got {capabilities}"
     )
     cells = run.results["cells"]
     assert len(cells) == 4, (
-        f"vm-debian: expected the 4 cells of {guest_lab.LINUX_SUBSET}, "
+        f"{flavour}: expected the 4 cells of {guest_lab.LINUX_SUBSET}, "
         f"got {[cell['id'] for cell in cells]}\n{run.output[-2000:]}"
     )
     assert not run.mismatches(), _mismatches(run, report_dir)

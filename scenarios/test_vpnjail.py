@@ -362,3 +362,24 @@ def _processes_using(path: str) -> list[str]:
         if path in cmdline or (f"{path}/" in cmdline):
             found.append(f"{pid}: {cmdline}")
     return found
+
+
+def test_objects_it_does_not_own_are_left_alone(gws, vpnjail):
+    """A namespace that merely carries vpnjail's prefix and a profile's name
+    is neither taken over by `up` nor removed by `up`'s rollback or `gc`."""
+    import subprocess
+
+    foreign = vpnjail.stack("foreign")
+    subprocess.run(["ip", "netns", "add", foreign], check=True)
+    try:
+        vpnjail.write_profile("foreign", GW["gw-a"], "user30")
+
+        up = vpnjail.cli("up", "foreign")
+        gc = vpnjail.cli("gc")
+
+        assert up.returncode == 1, up.stdout + up.stderr
+        assert "already exist and are not managed" in up.stdout, up.stdout
+        assert gc.returncode == 0, gc.stdout + gc.stderr
+        assert foreign in _netns(), f"{foreign} was removed: {up.stdout}{gc.stdout}"
+    finally:
+        subprocess.run(["ip", "netns", "delete", foreign], check=False)

@@ -287,12 +287,17 @@ def _logs(args) -> int:
 
 def _gc(args) -> int:
     driver, manager = _context(args)
-    running = {n for n in manager.state.names() if manager.charon_alive(n)}
-    for name in manager.state.names():
-        if name not in running:
-            manager.down_one(name)
-            print(f"removed stale state of {name}")
-    removed = 0
+    removed, running = 0, set()
+    # Only what this state directory owns is considered; each profile under
+    # its lock, so a concurrent `up` is never mistaken for a dead profile.
+    for name in sorted(set(manager.state.names()) | manager.state.owned()):
+        with manager.state.lock(name):
+            if manager.charon_alive(name):
+                running.add(name)
+                continue
+            outcome = manager.down_one(name)
+        print(f"removed what {name} left: {outcome.message}")
+        removed += 1
     for item in driver.leftovers(running):
         driver.remove_leftover(item)
         print(f"removed {item}")

@@ -51,11 +51,15 @@ class Manager:
 
     # -- up -----------------------------------------------------------------
 
-    def up_many(self, loaded: list[LoadedProfile]) -> list[Outcome]:
-        """Bring profiles up in parallel; one outcome each."""
+    def up_many(
+        self, loaded: list[LoadedProfile], everyone: list[LoadedProfile] | None = None
+    ) -> list[Outcome]:
+        """Bring *loaded* up in parallel; one outcome each. *everyone* (all
+        profiles of the directory) keeps pool links off explicit ones."""
+        everyone = everyone or loaded
         workers = max(1, min(16, len(loaded)))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool_:
-            return list(pool_.map(self.up_one, loaded, [loaded] * len(loaded)))
+            return list(pool_.map(self.up_one, loaded, [everyone] * len(loaded)))
 
     def up_one(self, item: LoadedProfile, everyone: list[LoadedProfile]) -> Outcome:
         profile = item.profile
@@ -86,13 +90,22 @@ class Manager:
         self.state.save(profile.name, _record(profile, link, layout, "starting"))
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.failed_log(profile.name))
+        taken = self.driver.existing_objects(profile)
+        if taken and profile.name not in self.state.owned():
+            self.state.remove(profile.name)
+            raise UpError(
+                f"{profile.name}: {', '.join(taken)} already exist and are not "
+                f"managed from {self.state.directory}; remove them or use another "
+                "--prefix"
+            )
+        self.state.own(profile.name)
         executor = Executor(self.driver, layout, self.timeout)
         try:
             executor.carry_out(plan)
             virtual_ip = self._connect(profile, layout, rendered)
             executor.carry_out(self.driver.plan_after_up(profile, virtual_ip))
         except Exception as exc:
-            self._rollback(profile.name, plan.steps[: executor.started], layout)
+            self._rollback(profile.name, executor.begun(plan), layout)
             hint = telling_line(self.failed_log(profile.name))
             raise UpError(
                 f"{profile.name}: {exc}; everything it created was removed"
@@ -155,7 +168,8 @@ class Manager:
         return os.path.join(self.state.directory, f"{name}.failed.log")
 
     def _rollback(self, name: str, steps: list, layout: Layout) -> None:
-        """Undo the steps that were started (the failing one included)."""
+        """Undo the steps that changed something (a step whose first action
+        failed created nothing: an object that "already exists" is not ours)."""
         self.driver.stop(layout)
         try:
             shutil.copyfile(layout.log_file, self.failed_log(name))
@@ -167,6 +181,7 @@ class Manager:
                     self.driver.run(action, layout)
         self.driver.forget(layout)
         self.state.remove(name)
+        self.state.disown(name)
 
     # -- down ---------------------------------------------------------------
 
@@ -184,6 +199,7 @@ class Manager:
         self.state.remove(name)
         if problems:
             return Outcome(name, False, "; ".join(problems))
+        self.state.disown(name)
         return Outcome(name, True, "down")
 
     def down(self, names: list[str]) -> list[Outcome]:
@@ -260,14 +276,19 @@ class Executor:
         self.driver = driver
         self.layout = layout
         self.timeout = timeout
-        self.started = 0  # steps begun, the one in progress included
+        self.done: dict[int, int] = {}  # id(step) -> actions carried out
 
     def carry_out(self, plan: Plan) -> None:
         for step in plan.steps:
-            self.started += 1
             log.debug("%s: %s", plan.profile, step.title)
+            self.done[id(step)] = 0
             for action in step.do:
                 self._do(action)
+                self.done[id(step)] += 1
+
+    def begun(self, plan: Plan) -> list:
+        """Steps of *plan* that carried out at least one action."""
+        return [step for step in plan.steps if self.done.get(id(step), 0) > 0]
 
     def _do(self, action) -> None:
         if isinstance(action, WriteFile):

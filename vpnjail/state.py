@@ -36,6 +36,7 @@ class State:
         self.directory = directory
         self.records_dir = os.path.join(directory, "profiles")
         self.locks_dir = os.path.join(directory, "locks")
+        self.owned_dir = os.path.join(directory, "owned")
 
     def _ensure(self) -> None:
         os.makedirs(self.records_dir, mode=0o700, exist_ok=True)
@@ -84,7 +85,7 @@ class State:
         """Remove lock files nobody holds, failed-start logs of profiles not
         running, and the state directory itself once empty."""
         removed = []
-        running = set(self.names())
+        running = set(self.names()) | self.owned()
         if os.path.isdir(self.locks_dir):
             for entry in sorted(os.listdir(self.locks_dir)):
                 if entry[: -len(".lock")] in running:
@@ -97,10 +98,32 @@ class State:
                 if entry.endswith(".failed.log") and entry[:-11] not in running:
                     os.remove(os.path.join(self.directory, entry))
                     removed.append(os.path.join(self.directory, entry))
-        for folder in (self.locks_dir, self.records_dir, self.directory):
+        for folder in (
+            self.locks_dir,
+            self.records_dir,
+            self.owned_dir,
+            self.directory,
+        ):
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
         return removed
+
+    # Ownership: a profile is owned from just before its first object is
+    # created until its last one is removed, so `gc` touches nothing else.
+
+    def own(self, name: str) -> None:
+        os.makedirs(self.owned_dir, mode=0o700, exist_ok=True)
+        with open(os.path.join(self.owned_dir, name), "w"):
+            pass
+
+    def disown(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(self.owned_dir, name))
+
+    def owned(self) -> set[str]:
+        if not os.path.isdir(self.owned_dir):
+            return set()
+        return set(os.listdir(self.owned_dir))
 
     def names(self) -> list[str]:
         if not os.path.isdir(self.records_dir):

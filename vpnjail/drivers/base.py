@@ -87,6 +87,10 @@ class Driver:
         """Remove the profile's private files (run and config directories)."""
         raise NotImplementedError
 
+    def existing_objects(self, profile: Profile) -> list[str]:
+        """Objects with this profile's names that exist right now."""
+        return []
+
     def advisories(self, profiles: list[Profile]) -> list[str]:
         """Warnings that do not stop a profile (known bugs of a version)."""
         return []

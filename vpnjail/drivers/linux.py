@@ -159,6 +159,24 @@ class LinuxDriver(Driver):
         )  # fmt: skip
         return plan
 
+    def existing_objects(self, profile: Profile) -> list[str]:
+        lay = self.layout(profile)
+        found = []
+        if (
+            subprocess.run(
+                ["ip", "netns", "pids", lay.stack], capture_output=True, check=False
+            ).returncode
+            == 0
+        ):
+            found.append(f"namespace {lay.stack}")
+        link = self.host_prefix() + ["ip", "link", "show", "dev", lay.host_if]
+        if subprocess.run(link, capture_output=True, check=False).returncode == 0:
+            found.append(f"interface {lay.host_if}")
+        table = self.host_prefix() + ["nft", "list", "table", "ip", lay.firewall]
+        if subprocess.run(table, capture_output=True, check=False).returncode == 0:
+            found.append(f"nftables table {lay.firewall}")
+        return found  # fmt: skip
+
     def display_argv(self, action, layout: Layout) -> list[str]:
         if isinstance(action, Spawn) and action.where == "jail":
             # Daemons start inside the sandbox, whose holder has no pid yet.
@@ -277,14 +295,13 @@ class LinuxDriver(Driver):
         return preflight(self, profiles)
 
     def leftovers(self, running: set[str]) -> list[str]:
-        from vpnjail.linux_checks import leftovers
-
-        return leftovers(self, running)
+        # Ownership is recorded in the state directory, so `gc` removes a
+        # dead profile's objects by name; nothing is found by scanning for a
+        # prefix another tool may share.
+        return []
 
     def remove_leftover(self, item: str) -> None:
-        from vpnjail.linux_checks import remove_leftover
-
-        remove_leftover(self, item)
+        raise ValueError(f"the Linux driver finds no leftovers by scanning: {item}")
 
 
 def host_interface(name: str) -> str:
