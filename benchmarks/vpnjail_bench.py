@@ -26,12 +26,12 @@ from lab import config as lab_config  # noqa: E402
 from lab import gateways, reaper, runid, schema, topology  # noqa: E402
 from lab.capabilities import values  # noqa: E402
 from lab.platforms import get as get_platform  # noqa: E402
-from lab.vpnjail_runner import XAUTH_PASSWORD, VpnjailRunner  # noqa: E402
+from lab.vpnjail_runner import VpnjailRunner  # noqa: E402
 
 
 def responder_spec(lab, users: int) -> schema.Responder:
     data = lab.responder.model_dump()
-    data["xauth_users"] = gateways.dialup_users(users, XAUTH_PASSWORD)
+    data["xauth_users"] = gateways.dialup_users(users, lab.client.xauth.password)
     data["mode_config"] = {**data["mode_config"], "pool": "203.0.113.128/25"}
     return schema.Responder.model_validate(data)
 
@@ -88,7 +88,10 @@ def main() -> int:
     )
     try:
         with tempfile.TemporaryDirectory() as workdir:
-            runner = VpnjailRunner(world, run_id, Path(workdir), "vjbp")
+            runner = VpnjailRunner(
+                world, run_id, Path(workdir), "vjbp",
+                lab.client.psk, lab.client.xauth.password,
+            )  # fmt: skip
             figures = {size: measure_up(runner, size) for size in sizes}
             singles = [measure_up(runner, 1)["seconds"] for _ in range(args.rounds)]
     finally:

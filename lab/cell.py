@@ -79,6 +79,13 @@ def run_cell(
         stop(daemons)
 
 
+def harness_failure(exc: Exception, evidence: EvidenceDir) -> CellReport:
+    """A cell whose harness raised: recorded as ERROR with what it said."""
+    log.exception("the harness failed in this cell")
+    detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return CellReport(Outcome("ERROR", "", f"harness failed: {detail}"), evidence.path)
+
+
 def prepare(
     platform: Platform,
     world: World,

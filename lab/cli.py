@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from lab import diff as lab_diff
 from lab import preflight, reaper
@@ -102,14 +103,20 @@ def _run(args) -> int:
     ]
     for spec in args.axis:
         pytest_args += ["--axis", spec]
+    started = time.time()
     status = pytest.main(pytest_args + args.pytest_args)
-    _summarise(os.path.join(REPO, "reports", "latest"))
+    if status == pytest.ExitCode.INTERRUPTED:
+        print(
+            "interrupted; `python -m lab clean` removes anything left", file=sys.stderr
+        )
+    _summarise(os.path.join(REPO, "reports", "latest"), started)
     return int(status)
 
 
-def _summarise(latest: str) -> None:
+def _summarise(latest: str, since: float) -> None:
     path = os.path.join(latest, "results.json")
-    if not os.path.exists(path):
+    if not os.path.exists(path) or os.path.getmtime(path) < since:
+        print("this run wrote no results (see the errors above)", file=sys.stderr)
         return
     with open(path) as src:
         data = json.load(src)
@@ -118,7 +125,8 @@ def _summarise(latest: str) -> None:
         counts[cell["verdict"]] = counts.get(cell["verdict"], 0) + 1
     summary = ", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.items()))
     run_dir = os.path.realpath(latest)
-    print(f"run {data['run']['id']}: {summary}")
+    state = " (interrupted: incomplete)" if data["run"].get("interrupted") else ""
+    print(f"run {data['run']['id']}{state}: {summary}")
     print(f"report: {os.path.join(run_dir, 'index.html')}")
 
 

@@ -42,6 +42,7 @@ def load(platform: str = "local", root: Path | str = FIXTURES) -> LabConfig:
         except schema.FixtureError as exc:
             problems += exc.problems
     if not problems:
+        problems += _check_platform(loaded, platform, paths)
         problems += expectations.check_references(
             loaded["expectations"],
             loaded["matrix"].axes,
@@ -52,6 +53,50 @@ def load(platform: str = "local", root: Path | str = FIXTURES) -> LabConfig:
     if problems:
         raise schema.FixtureError(problems)
     return LabConfig(paths=paths, **loaded)
+
+
+# The axes a platform's cell runner understands, and their values (None:
+# any value the matrix defines overrides for).
+PLATFORM_AXES = {
+    "local": {
+        "isolation": {"jail", "host"},
+        "backend": {"netlink", "libipsec"},
+        "devices": {"tun-visible", "tun-hidden"},
+        "nat": {"nat", "direct"},
+        "auth": None,
+    },
+}
+
+
+def _check_platform(loaded: dict, platform: str, paths: dict) -> list[str]:
+    problems = []
+    for key in ("matrix", "expectations"):
+        if loaded[key].platform != platform:
+            problems.append(
+                f"{paths[key]}: platform: {loaded[key].platform!r} in the file for "
+                f"{platform!r}; write platform: {platform}"
+            )
+    wanted = PLATFORM_AXES.get(platform)
+    if wanted is None:
+        return problems
+    axes = loaded["matrix"].axes
+    path = paths["matrix"]
+    if list(axes) != list(wanted):
+        problems.append(
+            f"{path}: axes: {platform} cells need exactly these axes in this "
+            f"order: {', '.join(wanted)}"
+        )
+        return problems
+    for name, allowed in wanted.items():
+        unknown = [v for v in axes[name] if allowed is not None and v not in allowed]
+        if unknown:
+            problems.append(
+                f"{path}: axes.{name}: {', '.join(unknown)} cannot run on {platform}; "
+                f"allowed: {', '.join(sorted(allowed))}"
+            )
+        if not axes[name]:
+            problems.append(f"{path}: axes.{name}: give at least one value")
+    return problems
 
 
 def _check_overrides(loaded: dict, path: Path) -> list[str]:

@@ -4,6 +4,7 @@ An outcome is a kind with an optional qualifier, written ``KIND(qualifier)``:
 ``SAD_INSTALL_FAILED(EINVAL)``, ``AUTH_FAILED(xauth)``, ``UP``.
 """
 
+import errno
 import re
 from dataclasses import dataclass, field
 
@@ -19,6 +20,29 @@ KINDS = {
     "ERROR": "the harness itself failed",
     "NEW": "no recorded expectation for this cell",
 }
+
+# The qualifiers a kind can carry; None: any (or none).
+QUALIFIERS = {
+    "AUTH_FAILED": {"psk", "xauth", "id"},
+    "NO_PROPOSAL": {"phase1", "phase2"},
+    "KERNEL_IPSEC_UNAVAILABLE": {"tun", "capability", "socket", "plugin"},
+    "SAD_INSTALL_FAILED": set(errno.errorcode.values()) | {"unknown"},
+    "UP": {""},
+    "TIMEOUT": {""},
+    "NEW": {""},
+}
+
+
+def qualifier_problem(kind: str, qualifier: str) -> str | None:
+    """Why *qualifier* can never follow *kind*, or None if it can."""
+    allowed = QUALIFIERS.get(kind)
+    if allowed is None or qualifier in allowed:
+        return None
+    if allowed == {""}:
+        return f"{kind} takes no qualifier"
+    shown = sorted(allowed) if len(allowed) < 10 else ["an errno name, e.g. EINVAL"]
+    return f"{kind}({qualifier}) cannot happen; allowed: {', '.join(shown)}"
+
 
 _PATTERN = re.compile(r"^(?P<kind>[A-Z_]+)(?:\((?P<qualifier>[^()]*)\))?$")
 

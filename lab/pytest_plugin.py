@@ -216,6 +216,7 @@ def pytest_sessionfinish(session, exitstatus):
         "kernel": host_platform.release(),
     }
     run.update(_run_facts(config.vjlab_run_dir))
+    run["interrupted"] = exitstatus == pytest.ExitCode.INTERRUPTED
     leaks = secret_leaks(config.vjlab_run_dir, config.vjlab_config)
     if leaks:
         log.error("secrets found in the report: %s", "; ".join(leaks))

@@ -182,11 +182,14 @@ class Rule(Strict):
     @field_validator("expect")
     @classmethod
     def _known_kind(cls, value: str) -> str:
-        from lab.outcome import KINDS
+        from lab.outcome import KINDS, qualifier_problem
 
-        kind = value.split("(", 1)[0]
+        kind, _, rest = value.partition("(")
         if kind not in KINDS:
             raise ValueError(f"unknown outcome {kind!r}; allowed: {', '.join(KINDS)}")
+        problem = qualifier_problem(kind, rest.rstrip(")"))
+        if problem:
+            raise ValueError(problem)
         return value
 
 

@@ -20,12 +20,18 @@ log = logging.getLogger(__name__)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINK_POOL = "192.0.2.0/24"
-PSK = "lab-psk-5f0c1e"
-XAUTH_PASSWORD = "lab-xauth-9d2e47"
 
 
 class VpnjailRunner:
-    def __init__(self, world: World, run_id: str, workdir: Path, label: str):
+    def __init__(
+        self,
+        world: World,
+        run_id: str,
+        workdir: Path,
+        label: str,
+        psk: str,
+        xauth_password: str,
+    ):
         self.world = world
         self.run_id = run_id
         self.profiles = workdir / "profiles"
@@ -34,8 +40,8 @@ class VpnjailRunner:
         self.prefix = f"{runid.namespace_prefix(run_id)}{label}-"
         self.profiles.mkdir(parents=True, exist_ok=True)
         self.secrets.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._secret("psk", PSK)
-        self._secret("xauth", XAUTH_PASSWORD)
+        self._secret("psk", psk)
+        self._secret("xauth", xauth_password)
 
     def _secret(self, name: str, value: str) -> None:
         path = self.secrets / name

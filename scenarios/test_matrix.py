@@ -33,7 +33,10 @@ def test_cell(cell, lab_run, world, cell_log):
     expectation = expected(lab.expectations, cell, probed)
     evidence = EvidenceDir(cell_log, cell_runner.redactor_for(lab))
 
-    report = cell_runner.run_cell(lab_run["platform"], world, lab, probed, evidence)
+    try:
+        report = cell_runner.run_cell(lab_run["platform"], world, lab, probed, evidence)
+    except Exception as exc:  # the cell must still appear in the report
+        report = cell_runner.harness_failure(exc, evidence)
 
     outcome = str(report.outcome)
     want = str(expectation.outcome) if expectation else None

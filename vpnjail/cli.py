@@ -199,7 +199,7 @@ def _up(args) -> int:
         problems = driver.preflight([item.profile for item in chosen])
         if problems:
             raise ProfileError(problems)
-    outcomes = manager.up_many(chosen)
+    outcomes = manager.up_many(chosen, loaded)
     for outcome in outcomes:
         print(f"{outcome.name}: {outcome.message}")
     return 0 if all(o.ok for o in outcomes) else 1

@@ -208,6 +208,13 @@ class Profile(Strict):
                     "keep one"
                 )
             seen.add(key)
+        tunnel_ports = {(f.proto, f.host_port) for f in forwards if f.to != "jail"}
+        for forward in forwards:
+            if forward.to == "jail" and (forward.proto, forward.port) in tunnel_ports:
+                raise ValueError(
+                    f"{forward.proto} port {forward.port} in the jail is also sent on "
+                    "into the tunnel by another forward; pick another port"
+                )
         return forwards
 
 

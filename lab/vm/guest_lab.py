@@ -209,6 +209,8 @@ class GuestLab:
     ) -> GuestRun:
         """Run the matrix in the guest; fetch its run directory to *target*."""
         self.send_repo(node)
+        # One run's reports per fetch, however often this guest is used.
+        node.run(["rm", "-rf", GUEST_REPORTS])
         argv = pytest_argv(axes)
         started = time.monotonic()
         result = node.run(

@@ -13,7 +13,6 @@ paths on the libvirt host.
 """
 
 import logging
-import time
 import xml.etree.ElementTree as ET
 from urllib.parse import urlparse
 
@@ -22,6 +21,7 @@ from lab.vm import accel as vm_accel
 from lab.vm import qemu
 from lab.vm.hypervisor import Guest, GuestError, Hypervisor
 from lab.vm.spec import Nic, VmSpec
+from lab.wait import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +190,14 @@ class LibvirtGuest(Guest):
             self.domain.shutdown()
         except libvirt.libvirtError as exc:
             log.debug("[%s] shutdown refused: %s", self.name, exc)
-        deadline = time.monotonic() + timeout
-        while self.alive() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        if self.alive():
+        try:
+            wait_until(
+                lambda: "still running" if self.alive() else None,
+                timeout,
+                f"{self.name}: power-off",
+                interval=0.5,
+            )
+        except WaitTimeout:
             log.debug("[%s] no power-off after %.0fs, destroying", self.name, timeout)
             self.domain.destroy()
 
