@@ -45,9 +45,15 @@ class Report:
     omitted: list[str]
 
 
+def reportable(cell: dict) -> bool:
+    """A cell set up to work (good credentials) that did not come up."""
+    deliberate = cell.get("axes", {}).get("auth", "good") != "good"
+    return _kind(cell) not in UP_KINDS and not deliberate
+
+
 def find_cell(results: dict, cell_id: str) -> dict:
     cells = {cell["id"]: cell for cell in results["cells"]}
-    candidates = [c["id"] for c in results["cells"] if _kind(c) not in UP_KINDS]
+    candidates = [c["id"] for c in results["cells"] if reportable(c)]
     listing = "\n".join(f"  {c}" for c in candidates) or "  (none: every cell came up)"
     if cell_id not in cells:
         raise BugReportError(
@@ -57,6 +63,12 @@ def find_cell(results: dict, cell_id: str) -> dict:
         raise BugReportError(
             f"cell {cell_id} came up ({cells[cell_id]['outcome']}); there is "
             f"nothing to report. Cells that can be reported:\n{listing}"
+        )
+    if not reportable(cells[cell_id]):
+        raise BugReportError(
+            f"cell {cell_id} fails on purpose (auth "
+            f"{cells[cell_id]['axes']['auth']}); nothing to report upstream. "
+            f"Cells that can be reported:\n{listing}"
         )
     return cells[cell_id]
 
@@ -224,12 +236,23 @@ def _summary(cell: dict, facts: dict) -> str:
     axes = cell["axes"]
     platform = cell["id"].split("/", 1)[0]
     where = STACKS.get((platform, axes.get("isolation", "")), "an isolated stack")
+    when = WHEN.get(_kind(cell), "")
     return (
         f"strongSwan {axes.get('backend', '?')} in {where}: {cell['outcome']}"
-        " after phase 1 "
-        f"and XAuth succeed (strongSwan {facts.get('strongswan', '?')}, "
-        f"kernel {facts.get('kernel', '?')})"
+        f"{when} (strongSwan {facts.get('strongswan') or '?'}, "
+        f"kernel {facts.get('kernel') or '?'})"
     )
+
+
+# When in the exchange each outcome happens, for the report's title.
+WHEN = {
+    "SAD_INSTALL_FAILED": " after phase 1 and XAuth succeed",
+    "KERNEL_IPSEC_UNAVAILABLE": ": charon cannot start",
+    "DAEMON_CRASH": ": charon dies",
+    "DEGRADED": ": the tunnel is up but traffic fails",
+    "NO_PROPOSAL": ": no common proposal",
+    "TIMEOUT": ": the gateway never answers",
+}
 
 
 def _environment(run: dict, facts: dict) -> dict:
@@ -261,7 +284,7 @@ def _ruled_out(facts: dict) -> list[str]:
             "- The PF_KEY probe cannot run here: this kernel has no AF_KEY "
             f"socket ({af_key.get('detail', '')})."
         )
-    if esp:
+    if esp and _kind_of(facts) == "SAD_INSTALL_FAILED":
         state = "accepts" if esp.get("value") else "refuses"
         verdict = (
             "so the refusal is the kernel's, not the daemon's"
@@ -275,17 +298,41 @@ def _ruled_out(facts: dict) -> list[str]:
     return lines or ["- Nothing was probed beyond the cell itself."]
 
 
-def cell_facts(run: dict, evidence_dir: str) -> dict:
+def _kind_of(facts: dict) -> str:
+    return facts.get("outcome", "").split("(", 1)[0]
+
+
+_STARTING = re.compile(
+    r"Starting IKE charon daemon \(strongSwan ([^,]+), (\S+ [^,\s]+)"
+)
+
+
+def cell_facts(run: dict, evidence_dir: str, cell: dict | None = None) -> dict:
     """Versions and probe results found in a cell's evidence."""
-    facts = {"kernel": run.get("kernel"), "capabilities": run.get("capabilities")}
+    facts = {
+        "kernel": run.get("kernel"),
+        "capabilities": run.get("capabilities"),
+        "outcome": (cell or {}).get("outcome", ""),
+    }
+    for log_name in ("client/charon.log", "client-charon.log"):
+        path = os.path.join(evidence_dir, log_name)
+        if os.path.exists(path):
+            with open(path, errors="replace") as src:
+                match = _STARTING.search(src.read())
+            if match:
+                facts["strongswan"], facts["kernel"] = match.groups()
+            break
     vici = os.path.join(evidence_dir, "client", "vici.json")
     if os.path.exists(vici):
         with open(vici) as src:
             state = json.load(src)
-        version = state.get("version", {})
-        facts["strongswan"] = version.get("version")
-        facts["kernel"] = f"{version.get('sysname')} {version.get('release')}"
-        facts["plugins"] = " ".join(state.get("stats", {}).get("plugins", []))
+        version = state.get("version") or {}
+        if version:
+            facts["strongswan"] = version.get("version")
+            facts["kernel"] = f"{version.get('sysname')} {version.get('release')}"
+        plugins = (state.get("stats") or {}).get("plugins")
+        if plugins:
+            facts["plugins"] = " ".join(plugins)
     probe = os.path.join(evidence_dir, "probe.json")
     if os.path.exists(probe):
         with open(probe) as src:
@@ -314,7 +361,7 @@ def write(
     out_dir = os.path.join(run_dir, "bugreports", os.path.basename(evidence_dir))
     os.makedirs(out_dir, exist_ok=True)
     host = run.get("host")
-    markdown = render_markdown(run, cell, cell_facts(run, evidence_dir), tracker)
+    markdown = render_markdown(run, cell, cell_facts(run, evidence_dir, cell), tracker)
     markdown = scrub_addresses(redactor.text(markdown), host)
     report_path = os.path.join(out_dir, f"report-{tracker}.md")
     with open(report_path, "w") as out:
