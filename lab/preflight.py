@@ -15,6 +15,7 @@ TOOLS = [
     ("unshare", "unshare", "util-linux"),
     ("nsenter", "nsenter", "util-linux"),
     ("mount", "mount", "mount"),
+    ("sysctl", "sysctl", "procps"),
 ]
 PLUGIN_DIR = "/usr/lib/ipsec/plugins"
 PLUGINS = [

@@ -91,11 +91,18 @@ def _parser() -> argparse.ArgumentParser:
     command("list", _list, "profiles and whether they run")
     logs = command("logs", _logs, "charon's log of a profile")
     logs.add_argument("name")
-    logs.add_argument("-n", "--lines", type=int, default=50)
+    logs.add_argument("-n", "--lines", type=_positive, default=50)
     command("gc", _gc, "remove what stopped profiles left behind")
     run = command("run", _run, "keep enabled profiles up (foreground)")
     run.add_argument("--interval", type=float, default=2.0)
     return parser  # fmt: skip
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give a number of lines above 0")
+    return value
 
 
 def _context(args):
@@ -221,7 +228,7 @@ def _down(args) -> int:
 
 def _status(args) -> int:
     _, manager = _context(args)
-    names = _checked_names(args.names) or manager.state.names()
+    names = _checked_names(args.names) or _expected_up(args, manager)
     states = [manager.status(name) for name in names]
     if args.json:
         print(json.dumps(states, indent=2))
@@ -229,6 +236,18 @@ def _status(args) -> int:
         for info in states:
             print(_status_line(info))
     return 0 if states and all(s["state"] == "up" for s in states) else 1
+
+
+def _expected_up(args, manager) -> list[str]:
+    """Running profiles and every enabled one: all of them should be up."""
+    names = set(manager.state.names())
+    try:
+        names |= {
+            i.profile.name for i in load_dir(Path(args.profiles)) if i.profile.enabled
+        }
+    except ProfileError:
+        pass  # status still reports what runs when the profiles are broken
+    return sorted(names)
 
 
 def _status_line(info: dict) -> str:

@@ -6,6 +6,7 @@ dead, say) is initiated again. Failures back off exponentially per profile,
 so a gateway that is down is not hammered.
 """
 
+import concurrent.futures
 import logging
 import threading
 import time
@@ -55,20 +56,25 @@ class Supervisor:
             self.stopping.wait(self.interval)
 
     def tick(self) -> None:
+        """Check every profile that is due, in parallel: a gateway that does
+        not answer must not hold the other profiles back."""
         now = time.monotonic()
-        for item in self.profiles:
+        due = [p for p in self.profiles if now >= self.backoff[p.profile.name].next_try]
+        if not due:
+            return
+        with concurrent.futures.ThreadPoolExecutor(min(16, len(due))) as workers:
+            results = list(workers.map(self.keep_up, due))
+        for item, ok in zip(due, results):
             state = self.backoff[item.profile.name]
-            if now < state.next_try:
-                continue
-            if self.keep_up(item):
+            if ok:
                 state.succeeded()
-            else:
-                state.failed(now, self.base, self.ceiling)
-                log.warning(
-                    "%s: not up; next try in %.0fs",
-                    item.profile.name,
-                    state.next_try - now,
-                )
+                continue
+            state.failed(now, self.base, self.ceiling)
+            log.warning(
+                "%s: not up; next try in %.0fs",
+                item.profile.name,
+                state.next_try - now,
+            )
 
     def keep_up(self, item: LoadedProfile) -> bool:
         outcome = self.manager.up_one(item, self.profiles)
