@@ -56,7 +56,21 @@ def reap(run_id: str | None = None, force: bool = False) -> list[str]:
 
     removed = _reap_processes(wanted)
     removed += _reap_namespaces(wanted)
+    removed += _reap_vm_leftovers(wanted)
     removed += _reap_runtime(wanted)
+    return removed
+
+
+def _reap_vm_leftovers(wanted) -> list[str]:
+    """Overlays, partial image builds, libvirt domains, bhyve VMs and taps;
+    QEMU processes carry the run's tag and go with the other processes."""
+    from lab.vm import hypervisor
+
+    removed = []
+    for item in hypervisor.leftovers(None):
+        if wanted(hypervisor.run_of(item)):
+            hypervisor.remove(item)
+            removed.append(item)
     return removed
 
 

@@ -133,10 +133,15 @@ def probe(
     run_id: str | None = None,
     launch: Callable[[list[str], str | None], subprocess.Popen] = _launch,
     kvm_device: str = KVM_DEVICE,
+    scratch_dir: str | None = None,
 ) -> Accel:
-    """Try KVM, then TCG; return the first that runs the boot sector."""
+    """Try KVM, then TCG; return the first that runs the boot sector.
+
+    The probe's disk lives in a temporary directory (in *scratch_dir*, or
+    the system's) that is gone when this returns.
+    """
     tried = []
-    with tempfile.TemporaryDirectory(prefix="vjlab-accel-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="vjlab-accel-", dir=scratch_dir) as scratch:
         disk = write_boot_disk(os.path.join(scratch, "boot.img"))
         for name in ("kvm", "tcg"):
             missing = _device_problem(kvm_device) if name == "kvm" else None

@@ -12,11 +12,12 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import tarfile
 import time
 from dataclasses import dataclass, field
 
-from lab import command, runid
+from lab import runid
 from lab.vm import debian, disks, hypervisor, seed
 from lab.vm.spec import Nic, VmSpec
 from lab.vm.ssh import SSHNode, generate_key, wait_for_ssh
@@ -221,7 +222,11 @@ class GuestLab:
         )
         seconds = round(time.monotonic() - started, 1)
         if result.returncode not in (0, 1):
-            raise command.CommandError(result, "exit status 0 or 1 (cells judged)")
+            tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-20:])
+            raise RuntimeError(
+                f"{node.label}: `{result.command}` expected exit status 0 or 1 "
+                f"(cells judged), got {result.returncode}:\n{tail}"
+            )
         directory = self.fetch_reports(node, target)
         with open(os.path.join(directory, "results.json")) as src:
             results = json.load(src)
@@ -263,10 +268,9 @@ class GuestLab:
         os.makedirs(target, exist_ok=True)
         for name in sorted(os.listdir(self.workdir)):
             if name.startswith("console-"):
-                with open(os.path.join(self.workdir, name), "rb") as src:
-                    data = src.read()
-                with open(os.path.join(target, name), "wb") as out:
-                    out.write(data)
+                shutil.copyfile(
+                    os.path.join(self.workdir, name), os.path.join(target, name)
+                )
 
 
 def pytest_argv(axes: tuple[str, ...]) -> list[str]:

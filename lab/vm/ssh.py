@@ -88,7 +88,8 @@ class SSHNode(Node):
             client.get_host_keys().add(self._host_entry(), kind, key)
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
         else:
-            # Only ever 127.0.0.1 ports forwarded to a guest of this run.
+            # Trust on first use: a guest this run booted, whose image
+            # (unlike the lab's Debian one) has no host key known beforehand.
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         try:
             client.connect(

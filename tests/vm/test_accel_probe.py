@@ -69,16 +69,22 @@ def launcher(outputs: dict[str, tuple[bytes, int | None]], started: list):
 
 
 @pytest.fixture
-def kvm_device(tmp_path):
-    path = tmp_path / "kvm"
-    path.touch()
-    return str(path)
+def probe(tmp_path):
+    """accel.probe with a fake /dev/kvm and its scratch disk under tmp_path."""
+    kvm = tmp_path / "kvm"
+    kvm.touch()
+
+    def run(deadline, outputs, started=None, run_id="r", kvm_device=str(kvm)):
+        launch = launcher(outputs, [] if started is None else started)
+        return accel.probe(deadline, run_id, launch, kvm_device, str(tmp_path))
+
+    return run
 
 
-def test_kvm_failing_on_the_fpu_falls_back_to_tcg_at_once(kvm_device):
+def test_kvm_failing_on_the_fpu_falls_back_to_tcg_at_once(probe):
     started = []
     outputs = {"kvm": (KVM_EMULATION_FAILURE, None), "tcg": (TCG_BOOTS, None)}
-    chosen = accel.probe(30, "r", launcher(outputs, started), kvm_device)
+    chosen = probe(30, outputs, started)
     assert chosen.name == "tcg"
     assert chosen.timeout_factor == 6.0
     assert chosen.cpu == "max"
@@ -89,9 +95,8 @@ def test_kvm_failing_on_the_fpu_falls_back_to_tcg_at_once(kvm_device):
     assert [s[:2] for s in started] == [("kvm", "host"), ("tcg", "max")]
 
 
-def test_kvm_that_reset_loops_falls_back_to_tcg(kvm_device):
-    outputs = {"kvm": (KVM_RESET_LOOP, 0), "tcg": (TCG_BOOTS, None)}
-    chosen = accel.probe(5, "r", launcher(outputs, []), kvm_device)
+def test_kvm_that_reset_loops_falls_back_to_tcg(probe):
+    chosen = probe(5, {"kvm": (KVM_RESET_LOOP, 0), "tcg": (TCG_BOOTS, None)})
     assert chosen.name == "tcg"
     assert (
         "kvm: QEMU exited with status 0 before the boot sector ran "
@@ -99,37 +104,35 @@ def test_kvm_that_reset_loops_falls_back_to_tcg(kvm_device):
     )
 
 
-def test_kvm_that_boots_is_chosen_without_trying_tcg(kvm_device):
+def test_kvm_that_boots_is_chosen_without_trying_tcg(probe):
     started = []
-    outputs = {"kvm": (TCG_BOOTS, None)}
-    chosen = accel.probe(5, "r", launcher(outputs, started), kvm_device)
+    chosen = probe(5, {"kvm": (TCG_BOOTS, None)}, started)
     assert chosen.name == "kvm" and chosen.timeout_factor == 1.0
     assert chosen.cpu == "host"
     assert [s[0] for s in started] == ["kvm"]
 
 
-def test_a_silent_guest_fails_at_the_deadline(kvm_device):
-    outputs = {"kvm": (b"", None), "tcg": (SEABIOS, None)}
+def test_a_silent_guest_fails_at_the_deadline(probe):
     with pytest.raises(accel.AccelError) as caught:
-        accel.probe(0.3, None, launcher(outputs, []), kvm_device)
+        probe(0.3, {"kvm": (b"", None), "tcg": (SEABIOS, None)})
     message = str(caught.value)
     assert "kvm: no boot-sector mark within 0s (last output: (none))" in message
     assert "tcg: no boot-sector mark within 0s (last output: Running option" in message
 
 
-def test_no_kvm_device_skips_kvm_without_starting_it(tmp_path):
+def test_no_kvm_device_skips_kvm_without_starting_it(probe, tmp_path):
     started = []
     missing = str(tmp_path / "no-kvm")
-    chosen = accel.probe(5, "r", launcher({"tcg": (TCG_BOOTS, None)}, started), missing)
+    chosen = probe(5, {"tcg": (TCG_BOOTS, None)}, started, kvm_device=missing)
     assert chosen.name == "tcg"
     assert f"kvm: {missing} missing" in chosen.detail
     assert [s[0] for s in started] == ["tcg"]
 
 
-def test_probe_guests_boot_the_fpu_sector_and_carry_the_run_id(kvm_device):
+def test_probe_guests_boot_the_fpu_sector_and_carry_the_run_id(probe):
     started = []
     run = "20261204-154353-a1a0"
-    accel.probe(5, run, launcher({"kvm": (TCG_BOOTS, None)}, started), kvm_device)
+    probe(5, {"kvm": (TCG_BOOTS, None)}, started, run_id=run)
     _, _, run_id, sector = started[0]
     assert run_id == run
     assert sector == accel.BOOT_SECTOR
@@ -137,16 +140,18 @@ def test_probe_guests_boot_the_fpu_sector_and_carry_the_run_id(kvm_device):
     assert bytes.fromhex("dbe3") in sector  # fninit
 
 
-def test_the_probe_disk_is_gone_afterwards(kvm_device):
-    started = []
+def test_the_probe_disk_is_gone_afterwards(tmp_path):
+    kvm = tmp_path / "kvm"
+    kvm.touch()
     seen = []
 
     def launch(argv, run_id):
         seen.append(next(a for a in argv if a.startswith("file=")).split(",")[0][5:])
-        return launcher({"kvm": (TCG_BOOTS, None)}, started)(argv, run_id)
+        return FakeProcess(TCG_BOOTS, None)
 
-    accel.probe(5, None, launch, kvm_device)
-    assert seen and not os.path.exists(seen[0])
+    accel.probe(5, None, launch, str(kvm), str(tmp_path))
+    assert seen and seen[0].startswith(str(tmp_path))
+    assert not os.path.exists(seen[0])
 
 
 def test_probe_guest_has_firmware_a_read_only_disk_and_no_reboot():
