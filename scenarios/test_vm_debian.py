@@ -9,7 +9,8 @@ SAD_INSTALL_FAILED(EPROTONOSUPPORT) on a host without it are expected UP
 in the guest: the same cell, judged by the same rules, where the kernel
 can. Slow under TCG, but never skipped for that.
 
-The same runs under libvirt (``VJLAB_LIBVIRT_URI``, default
+The same runs under libvirt (``--vm-hosts URI[,URI]`` spreads workers over
+hosts; otherwise ``VJLAB_LIBVIRT_URI``, default
 qemu:///system) where libvirt-python is installed and a libvirtd answers;
 elsewhere that variant is skipped with the reason.
 """
@@ -23,7 +24,7 @@ import time
 import pytest
 
 from lab import runid
-from lab.vm import guest_lab
+from lab.vm import guest_lab, placement
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,11 @@ def debian_lab(request, flavour):
     if why:
         pytest.skip(why)
     uri, folder = FLAVOURS[flavour]
+    hosts = [h for h in request.config.getoption("vm_hosts").split(",") if h]
+    if flavour == "libvirt" and hosts:
+        # --vm-hosts spreads xdist workers over several libvirt hosts.
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        uri = f"libvirt:{placement.host_for_worker(hosts, worker)}"
     run_id = request.config.vjlab_run_id
     lab = guest_lab.GuestLab(
         run_id, os.path.join(runid.runtime_dir(run_id), folder), uri
