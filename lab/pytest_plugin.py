@@ -5,6 +5,7 @@ hands it to xdist workers; each worker writes one record per cell; the
 controller assembles results.json and the HTML page when the session ends.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -163,12 +164,11 @@ def _write_once(path: str, data) -> None:
             json.dump(data, out, indent=2)
 
 
-@pytest.fixture
-def cell_log(request, lab_run, cell):
-    """A DEBUG log file for this cell, inside its evidence directory."""
-    evidence = os.path.join(lab_run["dir"], "cells", cell.slug)
-    os.makedirs(evidence, exist_ok=True)
-    handler = logging.FileHandler(os.path.join(evidence, "cell.log"))
+@contextlib.contextmanager
+def debug_log(path: str):
+    """Everything the lab logs, at DEBUG, into *path* while inside."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handler = logging.FileHandler(path)
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -176,11 +176,21 @@ def cell_log(request, lab_run, cell):
     lab_logger = logging.getLogger("lab")
     lab_logger.addHandler(handler)
     lab_logger.setLevel(logging.DEBUG)
-    log.info("TEST-START %s", cell.id)
-    yield evidence
-    log.info("TEST-END %s", cell.id)
-    lab_logger.removeHandler(handler)
-    handler.close()
+    try:
+        yield
+    finally:
+        lab_logger.removeHandler(handler)
+        handler.close()
+
+
+@pytest.fixture
+def cell_log(request, lab_run, cell):
+    """A DEBUG log file for this cell, inside its evidence directory."""
+    evidence = os.path.join(lab_run["dir"], "cells", cell.slug)
+    with debug_log(os.path.join(evidence, "cell.log")):
+        log.info("TEST-START %s", cell.id)
+        yield evidence
+        log.info("TEST-END %s", cell.id)
 
 
 @pytest.fixture

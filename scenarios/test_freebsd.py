@@ -27,7 +27,7 @@ from lab.evidence import EvidenceDir
 from lab.expectations import expected
 from lab.platforms.base import Platform
 from lab.platforms.freebsd import FreeBSDPlatform, Settings
-from lab.pytest_plugin import selected_cells
+from lab.pytest_plugin import debug_log, selected_cells
 from lab.vm import images
 
 log = logging.getLogger(__name__)
@@ -91,18 +91,8 @@ def image_for(config, run, version: str) -> images.Image:
 def freebsd_log(freebsd_run, freebsd_cell):
     """The cell's evidence directory, with the harness's DEBUG log in it."""
     evidence = os.path.join(freebsd_run["dir"], "cells", freebsd_cell.slug)
-    os.makedirs(evidence, exist_ok=True)
-    handler = logging.FileHandler(os.path.join(evidence, "cell.log"))
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    lab_logger = logging.getLogger("lab")
-    lab_logger.addHandler(handler)
-    lab_logger.setLevel(logging.DEBUG)
-    yield evidence
-    lab_logger.removeHandler(handler)
-    handler.close()
+    with debug_log(os.path.join(evidence, "cell.log")):
+        yield evidence
 
 
 @pytest.fixture

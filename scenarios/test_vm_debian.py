@@ -24,6 +24,7 @@ import time
 import pytest
 
 from lab import runid
+from lab.pytest_plugin import debug_log
 from lab.vm import guest_lab, placement
 
 log = logging.getLogger(__name__)
@@ -65,18 +66,8 @@ def flavour(request) -> str:
 def report_dir(request, flavour):
     """reports/<run>/vm-debian[-libvirt], with the lab's DEBUG log in vm.log."""
     path = os.path.join(request.config.vjlab_run_dir, FLAVOURS[flavour][1])
-    os.makedirs(path, exist_ok=True)
-    handler = logging.FileHandler(os.path.join(path, "vm.log"))
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    lab_logger = logging.getLogger("lab")
-    lab_logger.addHandler(handler)
-    lab_logger.setLevel(logging.DEBUG)
-    yield path
-    lab_logger.removeHandler(handler)
-    handler.close()
+    with debug_log(os.path.join(path, "vm.log")):
+        yield path
 
 
 @pytest.fixture
