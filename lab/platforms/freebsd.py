@@ -150,8 +150,9 @@ def guest_path(node: SSHNode, path: str) -> str:
     return node.guest_path(path) if isinstance(node, JailNode) else path
 
 
-class GuestCharon:
-    """charon in a guest stack, with the interface of lab.strongswan.Charon.
+class GuestCharon(strongswan.Charon):
+    """charon in a guest stack: lab.strongswan.Charon's paths and configuration,
+    started, watched and read over SSH.
 
     The configuration is written locally (evidence) and copied in; charon
     runs under daemon(8); its VICI socket is forwarded to a local socket by
@@ -160,25 +161,13 @@ class GuestCharon:
     """
 
     def __init__(self, node: SSHNode, run_dir: str, run_id: str):
-        self.node = node
-        self.run_dir = run_dir
+        super().__init__(node, run_dir)
         self.forward: Process | None = None
         self._local = _Local(role=f"{node.role}-vici", run_id=run_id)
 
-    @property
-    def vici_socket(self) -> str:
-        return os.path.join(self.run_dir, "charon.vici")
-
-    @property
-    def log_path(self) -> str:
-        return os.path.join(self.run_dir, "charon.log")
-
     def write_config(self, charon: dict) -> str:
-        path = os.path.join(self.run_dir, "strongswan.conf")
         os.makedirs(self.run_dir, exist_ok=True)
-        with open(path, "w") as out:
-            out.write(shared_strongswan.render_strongswan_conf(charon))
-        return path
+        return super().write_config(charon)
 
     def start(self, system: str = "freebsd", timeout: float = 30.0) -> None:
         """Start charon; return when VICI answers here, or charon has died."""
