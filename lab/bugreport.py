@@ -333,11 +333,29 @@ def cell_facts(run: dict, evidence_dir: str, cell: dict | None = None) -> dict:
         plugins = (state.get("stats") or {}).get("plugins")
         if plugins:
             facts["plugins"] = " ".join(plugins)
+    if not facts.get("plugins"):
+        facts["plugins"] = _configured_plugins(evidence_dir)
     probe = os.path.join(evidence_dir, "probe.json")
     if os.path.exists(probe):
         with open(probe) as src:
             facts["probe"] = json.load(src)
     return facts
+
+
+def _configured_plugins(evidence_dir: str) -> str | None:
+    """The plugin list charon was given, when it never said what it loaded."""
+    path = os.path.join(evidence_dir, "client", "strongswan.conf")
+    try:
+        with open(path) as src:
+            for line in src:
+                if line.strip().startswith("load ="):
+                    return (
+                        "configured (charon did not start): "
+                        + line.split("=", 1)[1].strip()
+                    )
+    except OSError:
+        return None
+    return None
 
 
 def default_tracker(cell: dict, run: dict) -> str:

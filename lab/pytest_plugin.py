@@ -197,11 +197,30 @@ def cell_log(request, lab_run, cell):
 def world(lab_run, cell, cell_log):
     """The cell's world, built before and torn down after, even on failure."""
     platform = lab_run["platform"]
-    built = platform.build(cell, lab_run["id"], lab_run["runtime"])
+    try:
+        built = platform.build(cell, lab_run["id"], lab_run["runtime"])
+    except Exception as exc:
+        record_error(lab_run, cell, cell_log, f"building its world failed: {exc}")
+        raise
     yield built
     problems = platform.teardown(built)
     for problem in problems:
         log.warning("teardown: %s", problem)
+
+
+def record_error(lab_run, cell, evidence: str, detail: str) -> None:
+    """A cell that could not even start still appears in the run's report."""
+    record = results.CellRecord(
+        id=cell.id,
+        axes=cell.as_dict(),
+        expected="?",
+        outcome="ERROR",
+        verdict="fail",
+        detail=detail.splitlines()[0] if detail else "harness failed",
+        duration=0.0,
+        evidence=os.path.relpath(evidence, lab_run["dir"]),
+    )
+    results.write_record(lab_run["dir"], record)
 
 
 @pytest.hookimpl(trylast=True)

@@ -24,7 +24,8 @@ import time
 import pytest
 
 from lab import runid
-from lab.pytest_plugin import debug_log
+from lab.matrix import default, select
+from lab.pytest_plugin import axis_selection, debug_log
 from lab.vm import guest_lab, placement
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,25 @@ def report_dir(request, flavour):
         yield path
 
 
+def outside_selection(config) -> str | None:
+    """The guest runs local cells; an --axis choosing none of them skips it."""
+    chosen = select(
+        [c for c in default(config.vjlab_config.matrix) if _in_subset(c)],
+        axis_selection(config),
+    )
+    return None if chosen else "--axis selects none of the cells the guest runs"
+
+
+def _in_subset(cell) -> bool:
+    return all(
+        cell.as_dict().get(k) == v
+        for k, v in (item.split("=") for item in guest_lab.LINUX_SUBSET)
+    )
+
+
 @pytest.fixture
 def debian_lab(request, flavour):
-    why = missing_pieces()
+    why = missing_pieces() or outside_selection(request.config)
     if why:
         pytest.skip(why)
     uri, folder = FLAVOURS[flavour]

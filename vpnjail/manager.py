@@ -69,7 +69,7 @@ class Manager:
         except (UpError, ProfileError) as exc:
             return Outcome(profile.name, False, str(exc))
         except pool.PoolExhausted as exc:
-            return Outcome(profile.name, False, f"{profile.name}: {exc}")
+            return Outcome(profile.name, False, str(exc))
 
     def _up_locked(self, item: LoadedProfile, everyone) -> Outcome:
         profile = item.profile
@@ -93,10 +93,10 @@ class Manager:
         taken = self.driver.existing_objects(profile)
         if taken and profile.name not in self.state.owned():
             self.state.remove(profile.name)
+            verb = "exists" if len(taken) == 1 else "exist"
             raise UpError(
-                f"{profile.name}: {', '.join(taken)} already exist and are not "
-                f"managed from {self.state.directory}; remove them or use another "
-                "--prefix"
+                f"{', '.join(taken)} already {verb} and not managed from "
+                f"{self.state.directory}; remove it or use another --prefix"
             )
         self.state.own(profile.name)
         executor = Executor(self.driver, layout, self.timeout)
@@ -108,7 +108,7 @@ class Manager:
             self._rollback(profile.name, executor.begun(plan), layout)
             hint = telling_line(self.failed_log(profile.name))
             raise UpError(
-                f"{profile.name}: {exc}; everything it created was removed"
+                f"{exc}; everything it created was removed"
                 + (f"; charon said: {hint}" if hint else "")
             ) from exc
         self.state.save(profile.name, _record(profile, link, layout, "up", virtual_ip))

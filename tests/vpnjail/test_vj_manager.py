@@ -204,7 +204,7 @@ def test_a_failed_step_rolls_back_and_says_so(tmp_path, vici):
     assert outcome == Outcome(
         "office",
         False,
-        "office: `[host] make firewall office` failed with status 2: Error: table "
+        "`[host] make firewall office` failed with status 2: Error: table "
         "exists; everything it created was removed",
     )
     assert manager.state.load("office") is None
@@ -234,7 +234,7 @@ def test_charon_dying_rolls_back_every_step_and_keeps_its_log(tmp_path, vici):
     manager = manager_for(tmp_path, charon_log=CHARON_DIED)
     outcome = manager.up_one(item(), [item()])
     assert outcome.message == (
-        "office: charon exited during start; everything it created was removed; "
+        "charon exited during start; everything it created was removed; "
         "charon said: failed to open /dev/net/tun: No such file or directory"
     )
     # The first three runs made stack, link and firewall; the rest undo.
