@@ -407,7 +407,7 @@ def test_objects_it_does_not_own_are_left_alone(gws, vpnjail):
         gc = vpnjail.cli("gc")
 
         assert up.returncode == 1, up.stdout + up.stderr
-        assert "already exist and are not managed" in up.stdout, up.stdout
+        assert "already exists and not managed" in up.stdout, up.stdout
         assert gc.returncode == 0, gc.stdout + gc.stderr
         assert foreign in _netns(), f"{foreign} was removed: {up.stdout}{gc.stdout}"
     finally:
