@@ -130,8 +130,8 @@ def _root_key_script(key: str) -> str:
         [
             "set -eu",
             "umask 077",
-            "mkdir -p /root/.ssh",
-            f"printf '%s\\n' {shlex.quote(key)} >> /root/.ssh/authorized_keys",
+            "mkdir -p ~root/.ssh",
+            f"printf '%s\\n' {shlex.quote(key)} >> ~root/.ssh/authorized_keys",
             f"sed -i '' -E '/^[[:space:]]*({keywords})[[:space:]]/d' {SSHD_CONFIG}",
             f"printf '%s\\n' {settings} >> {SSHD_CONFIG}",
             "/usr/sbin/sshd -t",

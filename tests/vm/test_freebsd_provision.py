@@ -60,8 +60,8 @@ def test_cloudinit_login_su_to_root_installs_the_key_and_locks_sshd():
 
     assert step.argv == ("su", "-m", "root", "-c", "/bin/sh -s")
     script = step.input_text.splitlines()
-    assert script[:3] == ["set -eu", "umask 077", "mkdir -p /root/.ssh"]
-    assert f"printf '%s\\n' {shlex.quote(KEY)} >> /root/.ssh/authorized_keys" in script
+    assert script[:3] == ["set -eu", "umask 077", "mkdir -p ~root/.ssh"]
+    assert f"printf '%s\\n' {shlex.quote(KEY)} >> ~root/.ssh/authorized_keys" in script
     assert (
         "sed -i '' -E '/^[[:space:]]*(PermitRootLogin|PasswordAuthentication|"
         "PermitEmptyPasswords|KbdInteractiveAuthentication)[[:space:]]/d' "
