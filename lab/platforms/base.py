@@ -60,6 +60,16 @@ class Platform:
         """Remove everything *world* created; return problems, never raise."""
         raise NotImplementedError
 
+    def stop_processes(self, world: World) -> list[str]:
+        """Stop every node's processes; a failure never stops the rest."""
+        problems = []
+        for node in world.nodes.values():
+            try:
+                node.stop_processes()
+            except Exception as exc:
+                problems.append(f"{node.label}: stopping processes: {exc}")
+        return problems
+
     def responder_backend(self, capabilities: dict[str, bool]) -> str:
         raise NotImplementedError
 

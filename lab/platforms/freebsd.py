@@ -322,12 +322,7 @@ class FreeBSDPlatform(Platform):
         )
 
     def teardown(self, world: World) -> list[str]:
-        problems = []
-        for node in world.nodes.values():
-            try:
-                node.stop_processes()
-            except Exception as exc:  # keep tearing down the rest
-                problems.append(f"{node.label}: stopping processes: {exc}")
+        problems = self.stop_processes(world)
         problems += self._stop_guest(world)
         for process in [*getattr(world, "local", []), getattr(world, "relay", None)]:
             if process is not None:

@@ -94,12 +94,7 @@ class LocalPlatform(Platform):
         return stack
 
     def teardown(self, world: World) -> list[str]:
-        problems = []
-        for node in world.nodes.values():
-            try:
-                node.stop_processes()
-            except Exception as exc:  # keep tearing down the rest
-                problems.append(f"{node.label}: stopping processes: {exc}")
+        problems = self.stop_processes(world)
         for name in world.names.values():
             leftovers = netns.kill_members(name)
             if leftovers:

@@ -167,11 +167,7 @@ class ConsoleReader(threading.Thread):
 
 class BhyveGuest(Guest):
     def __init__(self, spec, popen, created_taps, reader):
-        self.spec = spec
-        self.name = spec.name
-        self.ssh_port = spec.ssh_port
-        self.console_log = spec.console_log
-        self.accel = HARDWARE
+        super().__init__(spec, HARDWARE)
         self.popen = popen
         self.created_taps = created_taps
         self.reader = reader

@@ -30,6 +30,13 @@ class Guest:
     console_log: str
     accel = None  # the lab.vm.accel.Accel it runs under, where known
 
+    def __init__(self, spec, accel=None):
+        self.spec = spec
+        self.name = spec.name
+        self.ssh_port = spec.ssh_port
+        self.console_log = spec.console_log
+        self.accel = accel
+
     def alive(self) -> bool:
         raise NotImplementedError
 

@@ -165,11 +165,7 @@ def _connect(uri: str):
 
 class LibvirtGuest(Guest):
     def __init__(self, spec: VmSpec, domain, chosen: vm_accel.Accel):
-        self.spec = spec
-        self.name = spec.name
-        self.ssh_port = spec.ssh_port
-        self.console_log = spec.console_log
-        self.accel = chosen
+        super().__init__(spec, chosen)
         self.domain = domain
 
     def alive(self) -> bool:

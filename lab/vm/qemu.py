@@ -172,11 +172,7 @@ def _console(spec: VmSpec) -> list[str]:
 
 class QemuGuest(Guest):
     def __init__(self, spec, accel, popen, qmp_path, stderr_log, efi_vars):
-        self.spec = spec
-        self.name = spec.name
-        self.ssh_port = spec.ssh_port
-        self.console_log = spec.console_log
-        self.accel = accel
+        super().__init__(spec, accel)
         self.popen = popen
         self.qmp_path = qmp_path
         self.stderr_log = stderr_log
