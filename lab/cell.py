@@ -26,6 +26,7 @@ from lab.wait import WaitTimeout, wait_until
 log = logging.getLogger(__name__)
 
 INITIATE_TIMEOUT_MS = 30000
+RESPONDER_CHILD_TIMEOUT = 10.0
 
 
 @dataclass
@@ -70,6 +71,8 @@ def run_cell(
             return _responder_failed(gw, evidence)
         initiate_error = initiate(cl) if cl.started else None
         children = _children(cl)
+        if children:
+            wait_for_responder_children(gw)
         traffic = (
             check_traffic(platform, world, config.responder.name) if children else {}
         )
@@ -226,6 +229,26 @@ def _children(daemon: Daemon) -> list[str]:
     return vici_client.established_children(sas)
 
 
+def wait_for_responder_children(gw: Daemon) -> None:
+    """Until the responder has installed its CHILD_SA too, or a timeout.
+
+    In IKEv1 the initiator may send ESP as soon as it has sent Quick Mode's
+    last message; the responder installs its SAs only on receiving it. A
+    slow responder (a guest under TCG) would otherwise lose the first
+    packets of the traffic checks. A responder that never installs it is
+    left for the checks and the evidence to show.
+    """
+    try:
+        wait_until(
+            lambda: None if _children(gw) else "no CHILD_SA installed yet",
+            RESPONDER_CHILD_TIMEOUT,
+            "responder: CHILD_SA installed",
+            interval=0.1,
+        )
+    except WaitTimeout:
+        log.debug("responder: no CHILD_SA after %ss", RESPONDER_CHILD_TIMEOUT)
+
+
 def check_traffic(
     platform: Platform, world: World, gateway_name: str
 ) -> dict[str, str | None]:
@@ -311,6 +334,8 @@ def _finish(platform, daemons, outcome, traffic, evidence) -> CellReport:
     _keep_daemon(evidence, gw, _vici_state(gw))
     for name, text in platform.kernel_state(cl.stack).items():
         evidence.write_text(f"client/kernel/{name}", text)
+    for name, text in platform.responder_kernel_state(gw.stack).items():
+        evidence.write_text(f"responder/kernel/{name}", text)
     process, path = daemons["capture"]
     process.stop()
     evidence.copy_binary("wan.pcap", path)

@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--axis", action="append", default=[], metavar="AXIS=V[,V]")
     run.add_argument("--cells", choices=("default", "full"), default="default")
     run.add_argument("--platform", default="local")
+    run.add_argument(
+        "--responder",
+        choices=("namespaces", "vm"),
+        default="namespaces",
+        help="vm: the responder side in a Debian guest whose kernel has ESP",
+    )
     run.add_argument("--workers", default="2", help="pytest-xdist workers")
     run.add_argument("pytest_args", nargs="*", help="passed to pytest after --")
     run.set_defaults(handler=_run)
@@ -100,6 +106,8 @@ def _run(args) -> int:
         args.cells,
         "--platform",
         args.platform,
+        "--responder",
+        args.responder,
     ]
     for spec in args.axis:
         pytest_args += ["--axis", spec]

@@ -41,6 +41,12 @@ def pytest_addoption(parser):
     )
     group.addoption("--platform", default="local", help="where cells run")
     group.addoption(
+        "--responder",
+        choices=("namespaces", "vm"),
+        default="namespaces",
+        help="the responder side in namespaces, or in a Debian VM with ESP",
+    )
+    group.addoption(
         "--lab-fixtures",
         default=str(lab_config.FIXTURES),
         help="directory of matrix/, expectations/, responder.yaml, client.yaml",
@@ -61,6 +67,12 @@ def pytest_addoption(parser):
         "--hypervisor",
         default=None,
         help="qemu (default), libvirt:URI or bhyve",
+    )
+    group.addoption(
+        "--zfs-dataset",
+        default=None,
+        metavar="POOL/DATASET",
+        help="with --hypervisor bhyve: the ZFS dataset holding the guests' zvols",
     )
     group.addoption(
         "--vm-hosts",
@@ -144,11 +156,15 @@ def lab_run(request):
     problems = preflight.problems()
     if problems:
         pytest.fail("preflight found problems:\n" + "\n".join(problems), pytrace=False)
-    platform = get_platform(config.getoption("platform"))
+    platform = get_platform(
+        config.getoption("platform"),
+        config.getoption("responder"),
+        config.getoption("hypervisor"),
+    )
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     probed = platform.capabilities(f"{config.vjlab_run_id}-{worker}")
     _write_once(os.path.join(config.vjlab_run_dir, "capabilities.json"), probed)
-    return {
+    yield {
         "id": config.vjlab_run_id,
         "dir": config.vjlab_run_dir,
         "runtime": runid.runtime_dir(config.vjlab_run_id),
@@ -156,6 +172,7 @@ def lab_run(request):
         "capabilities": probed,
         "config": config.vjlab_config,
     }
+    platform.close()
 
 
 def _write_once(path: str, data) -> None:
@@ -239,6 +256,7 @@ def pytest_sessionfinish(session, exitstatus):
     run = {
         "id": run_id,
         "platform": config.getoption("platform"),
+        "responder": config.getoption("responder"),
         "started": config.vjlab_started,
         "seconds": round(time.time() - config.vjlab_started, 2),
         "host": host_platform.node(),

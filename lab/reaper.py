@@ -62,8 +62,9 @@ def reap(run_id: str | None = None, force: bool = False) -> list[str]:
 
 
 def _reap_vm_leftovers(wanted) -> list[str]:
-    """Overlays, partial image builds, libvirt domains, bhyve VMs and taps;
-    QEMU processes carry the run's tag and go with the other processes."""
+    """Overlays, partial image builds, libvirt domains, bhyve VMs, taps,
+    bridges and zvol clones; QEMU processes carry the run's tag and go with
+    the other processes."""
     from lab.vm import hypervisor
 
     removed = []

@@ -28,7 +28,7 @@ from lab.expectations import expected
 from lab.platforms.base import Platform
 from lab.platforms.freebsd import FreeBSDPlatform, Settings
 from lab.pytest_plugin import debug_log, selected_cells
-from lab.vm import images
+from lab.vm import images, placement
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,22 @@ def freebsd_platform(request, freebsd_run, freebsd_cell):
         )
     settings = Settings(
         images={image.version: image},
-        hypervisor=request.config.getoption("hypervisor", default=None),
+        hypervisor=_hypervisor_for_worker(request.config),
+        zfs_dataset=request.config.getoption("zfs_dataset", default=None),
     )
-    return FreeBSDPlatform(settings)
+    try:
+        return FreeBSDPlatform(settings)
+    except ValueError as exc:  # a setting that cannot work: one line, no trace
+        pytest.fail(str(exc), pytrace=False)
+
+
+def _hypervisor_for_worker(config) -> str | None:
+    """--hypervisor, or this xdist worker's share of --vm-hosts."""
+    hosts = [h for h in config.getoption("vm_hosts", default="").split(",") if h]
+    if not hosts:
+        return config.getoption("hypervisor", default=None)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    return f"libvirt:{placement.host_for_worker(hosts, worker)}"
 
 
 @pytest.fixture

@@ -9,10 +9,11 @@ SAD_INSTALL_FAILED(EPROTONOSUPPORT) on a host without it are expected UP
 in the guest: the same cell, judged by the same rules, where the kernel
 can. Slow under TCG, but never skipped for that.
 
-The same runs under libvirt (``--vm-hosts URI[,URI]`` spreads workers over
-hosts; otherwise ``VJLAB_LIBVIRT_URI``, default
-qemu:///system) where libvirt-python is installed and a libvirtd answers;
-elsewhere that variant is skipped with the reason.
+The same runs under libvirt: on the hosts of ``--vm-hosts URI[,URI]``
+(spread over xdist workers), else at ``VJLAB_LIBVIRT_URI``, else on a
+libvirtd the scenario starts for itself (:mod:`lab.vm.libvirt_daemon`:
+private configuration and state, no network). Where none of these can
+be had, that variant is skipped with the reason.
 """
 
 import json
@@ -26,7 +27,7 @@ import pytest
 from lab import runid
 from lab.matrix import default, select
 from lab.pytest_plugin import axis_selection, debug_log
-from lab.vm import guest_lab, placement
+from lab.vm import guest_lab, libvirt_daemon, placement
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,8 @@ TOOLS = {
 }
 
 
-LIBVIRT_URI = os.environ.get("VJLAB_LIBVIRT_URI", "qemu:///system")
-FLAVOURS = {
-    "qemu": (None, "vm-debian"),
-    "libvirt": (f"libvirt:{LIBVIRT_URI}", "vm-debian-libvirt"),
-}
+LIBVIRT_URI = os.environ.get("VJLAB_LIBVIRT_URI")
+FOLDERS = {"qemu": "vm-debian", "libvirt": "vm-debian-libvirt"}
 
 
 def missing_pieces() -> str | None:
@@ -58,7 +56,7 @@ def missing_pieces() -> str | None:
     return None
 
 
-@pytest.fixture(params=sorted(FLAVOURS))
+@pytest.fixture(params=sorted(FOLDERS))
 def flavour(request) -> str:
     return request.param
 
@@ -66,7 +64,7 @@ def flavour(request) -> str:
 @pytest.fixture
 def report_dir(request, flavour):
     """reports/<run>/vm-debian[-libvirt], with the lab's DEBUG log in vm.log."""
-    path = os.path.join(request.config.vjlab_run_dir, FLAVOURS[flavour][1])
+    path = os.path.join(request.config.vjlab_run_dir, FOLDERS[flavour])
     with debug_log(os.path.join(path, "vm.log")):
         yield path
 
@@ -92,20 +90,44 @@ def debian_lab(request, flavour):
     why = missing_pieces() or outside_selection(request.config)
     if why:
         pytest.skip(why)
-    uri, folder = FLAVOURS[flavour]
-    hosts = [h for h in request.config.getoption("vm_hosts").split(",") if h]
-    if flavour == "libvirt" and hosts:
+    run_id = request.config.vjlab_run_id
+    daemon = None
+    uri = None
+    if flavour == "libvirt":
+        uri = _chosen_libvirt_uri(request.config)
+        if uri is None:
+            daemon, uri = _private_libvirtd(run_id)
+    lab = guest_lab.GuestLab(
+        run_id, os.path.join(runid.runtime_dir(run_id), FOLDERS[flavour]), uri
+    )
+    try:
+        unavailable = lab.hypervisor.unavailable()
+        if unavailable:
+            pytest.skip(f"{flavour}: {unavailable}")
+        yield lab
+    finally:
+        if daemon is not None:
+            daemon.stop()
+
+
+def _chosen_libvirt_uri(config) -> str | None:
+    hosts = [h for h in config.getoption("vm_hosts").split(",") if h]
+    if hosts:
         # --vm-hosts spreads xdist workers over several libvirt hosts.
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        uri = f"libvirt:{placement.host_for_worker(hosts, worker)}"
-    run_id = request.config.vjlab_run_id
-    lab = guest_lab.GuestLab(
-        run_id, os.path.join(runid.runtime_dir(run_id), folder), uri
-    )
-    unavailable = lab.hypervisor.unavailable()
-    if unavailable:
-        pytest.skip(f"{flavour}: {unavailable}")
-    return lab
+        return f"libvirt:{placement.host_for_worker(hosts, worker)}"
+    return f"libvirt:{LIBVIRT_URI}" if LIBVIRT_URI else None
+
+
+def _private_libvirtd(run_id: str):
+    problem = libvirt_daemon.unavailable()
+    if problem:
+        pytest.skip(
+            f"libvirt: no libvirt host given (--vm-hosts, VJLAB_LIBVIRT_URI) and "
+            f"no private libvirtd possible: {problem}"
+        )
+    daemon = libvirt_daemon.PrivateLibvirtd(run_id)
+    return daemon, f"libvirt:{daemon.start()}"
 
 
 def test_debian_guest_runs_the_linux_cells(debian_lab, flavour, report_dir):

@@ -3,9 +3,12 @@
 from lab.platforms.base import Platform
 
 
-def get(name: str) -> Platform:
+def get(
+    name: str, responder: str = "namespaces", hypervisor: str | None = None
+) -> Platform:
+    """The platform *name*; *responder* says where the responder side lives."""
     if name == "local":
         from lab.platforms.local import LocalPlatform
 
-        return LocalPlatform()
+        return LocalPlatform(responder, hypervisor)
     raise ValueError(f"unknown platform {name!r}; allowed: local")

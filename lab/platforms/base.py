@@ -77,23 +77,52 @@ class Platform:
         """Text evidence of the client stack's kernel: SAs, policies, routes."""
         raise NotImplementedError
 
-    # What the cell runner asks of a platform for one stack or node. The
-    # defaults describe a Linux node of this machine; a platform whose
-    # nodes live elsewhere (a VM, a jail) overrides them.
+    def responder_kernel_state(self, stack: Stack) -> dict[str, str]:
+        """The same for the responder, where its kernel holds the SAs."""
+        return {}
+
+    # What the cell runner asks of a platform for one stack or node. A node
+    # of this machine runs Linux commands with this interpreter; a guest
+    # node (over SSH, a VM or a jail in one) runs its own system's commands
+    # with the guest's python3 and the modules the lab copied in.
 
     def charon(self, stack: Stack):
+        from lab.vm.ssh import SSHNode
+
+        if isinstance(stack.node, SSHNode):
+            from lab.vm.guest_charon import GuestCharon
+
+            return GuestCharon(stack.node, stack.run_dir, stack.node.run_id)
         from lab.strongswan import Charon
 
         return Charon(stack.node, stack.run_dir)
 
     def system_of(self, stack: Stack) -> str:
-        return self.system
+        return getattr(stack.node, "system", "linux")
 
     def python_argv(self, node: Node, module: str, *args: str) -> list[str]:
+        if _in_guest(node):
+            from lab.vm.freebsd_provision import GUEST_PY
+
+            return ["env", f"PYTHONPATH={GUEST_PY}", "python3", "-m", module, *args]
         return ["env", f"PYTHONPATH={REPO}", sys.executable, "-m", module, *args]
 
     def listening_argv(self, node: Node, port: int) -> list[str]:
+        if getattr(node, "system", "linux") == "freebsd":
+            return ["sockstat", "-4", "-l", "-q", "-P", "tcp", "-p", str(port)]
         return ["ss", "-Hltn", f"sport = :{port}"]
 
     def ping_argv(self, node: Node, address: str) -> list[str]:
+        if getattr(node, "system", "linux") == "freebsd":
+            # FreeBSD's -W is in milliseconds.
+            return ["ping", "-c", "2", "-i", "0.2", "-W", "2000", address]
         return ["ping", "-c", "2", "-i", "0.2", "-W", "2", address]
+
+    def close(self) -> None:
+        """Release what the platform keeps across cells (a shared guest)."""
+
+
+def _in_guest(node: Node) -> bool:
+    from lab.vm.ssh import SSHNode
+
+    return isinstance(node, SSHNode)

@@ -1,6 +1,6 @@
 """The FreeBSD platform: each cell's client in a FreeBSD guest of its own.
 
-::
+On a Linux host (QEMU or libvirt)::
 
     lan ---- gw ==== wan ~~~~ [ guest: host ---- jail ]
     Linux namespaces       |   FreeBSD VM (QEMU)
@@ -18,23 +18,34 @@ the ``wan`` namespace, so the root namespace gains no interface.
 A guest boots from a throw-away overlay of a provisioned layer (kept under
 images/cache/freebsd/layers/, keyed by what made it), which sits on the
 release image. The cell's kernel modules are loaded in the overlay only.
+
+On a FreeBSD host under bhyve there are no namespaces and no relay::
+
+    [ responder VM: lan, gw, wan ] ~~ bridgeN ~~ [ guest: host ---- jail ]
+      FreeBSD, kernel-pfkey          per cell      FreeBSD VM (bhyve)
+
+Each cell gets a bridge (described ``vjlab-<run>-...-wan`` so the reaper
+finds it) and a responder VM (:mod:`lab.vm.responder_guest`): a second
+FreeBSD guest from the same provisioned pkg layer, outside any jail, that
+takes the ``lan``, ``gw`` and ``wan`` roles, answering for the wan
+router's address too, so the client's configuration is the QEMU one. The
+responder VM is booted per cell, not kept per platform instance: a cell
+then starts from a fresh kernel whatever the last one left, and its
+teardown takes everything with it. Disks are ZFS clones of kept snapshots
+(:mod:`lab.vm.zfs_layers`), each guest's named with the run id and
+destroyed at teardown. This path has never run on a real FreeBSD host.
 """
 
-import argparse
-import ctypes
 import datetime
-import fcntl
+import functools
 import hashlib
 import json
 import logging
 import os
-import select
 import shutil
-import socket
-import struct
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 from lab import capabilities as linux_caps
 from lab import cell as cell_runner
@@ -46,23 +57,30 @@ from lab import (
     responder,
     runid,
     sandbox,
-    strongswan,
     topology,
-    vici_client,
 )
 from lab.matrix import Cell
 from lab.netns import NetnsNode
 from lab.node import Node, Process
 from lab.outcome import Outcome
 from lab.platforms.base import Platform, Stack, World
-from lab.vm import disks, freebsd_evidence, images, seed
+from lab.vm import (
+    bhyve,
+    disks,
+    freebsd_evidence,
+    images,
+    relay,
+    responder_guest,
+    seed,
+    zfs_layers,
+)
 from lab.vm import freebsd_provision as fp
 from lab.vm import hypervisor as vm_hypervisor
 from lab.vm.accel import resolve as resolve_accel
+from lab.vm.guest_charon import STACK_RUN
 from lab.vm.spec import Nic, VmSpec
 from lab.vm.ssh import SSHNode, generate_key, wait_for_ssh
-from lab.wait import WaitTimeout, wait_until
-from vpnjail import strongswan as shared_strongswan
+from lab.wait import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +89,16 @@ LINUX_ROLES = ("lan", "gw", "wan")
 MGMT_NET = "198.51.100.192/26"  # the slirp network of the management NIC
 WAN_LINK = next(link for link in topology.CELL.links if link.b == "host")
 JAIL_LINK = next(link for link in topology.CELL.links if link.b == "jail")
-STACK_RUN = "/run"
-CHARON_PID = "/var/run/charon.pid"
-DAEMON_PID = f"{STACK_RUN}/daemon-charon.pid"
 BOOT_SECONDS = 240.0  # to an SSH login under KVM; scaled under TCG
+ZVOL_SECONDS = 30.0  # for a new zvol's device node to appear
+WRITE_IMAGE_SECONDS = 1800.0
+WRITE_LOCK_SECONDS = WRITE_IMAGE_SECONDS + 300.0
+LAYER_LOCK_SECONDS = 4 * 3600.0  # a ports build runs for hours
+CAPTURE_IF = topology.CAPTURE[1]  # lab/cell.py's capture, on the wan node
 PROVISION_HINT = (
-    "if pkg or git could not fetch: provisioning needs the guest to reach "
-    "pkg.FreeBSD.org (and git.FreeBSD.org for the ports build), so its "
-    "management NIC must allow outbound traffic"
+    "if pkg or git could not fetch: provisioning needs this machine to reach "
+    "pkg.FreeBSD.org (and git.FreeBSD.org for the ports build) through the "
+    "guest's unrestricted slirp NIC"
 )
 # Modules copied to the guest: stdlib only, run by the guest's python3.
 GUEST_MODULES = ("lab/__init__.py", "lab/service.py")
@@ -87,7 +107,11 @@ GUEST_PACKAGES = {"pfkey": "lab/pfkey", "vpnjail": "vpnjail"}
 
 @dataclass
 class Settings:
-    """Where the images, layers and keys are, and the guests' size."""
+    """Where the images, layers and keys are, and the guests' size.
+
+    ``zfs_dataset`` (bhyve only, required there) is the ZFS file system
+    the lab's zvols live under, e.g. ``zroot/vjlab``.
+    """
 
     images: dict[str, images.Image]
     hypervisor: str | None = None
@@ -95,6 +119,7 @@ class Settings:
     memory_mib: int = 2048
     cpus: int = 2
     today: datetime.date = field(default_factory=datetime.date.today)
+    zfs_dataset: str | None = None
 
     @property
     def folder(self) -> Path:
@@ -110,6 +135,11 @@ class GuestWorld(World):
     relay: Process | None = None
     relay_ports: tuple[int, int] | None = None  # (relay's, QEMU's) UDP ports
     local: list[Process] = field(default_factory=list)
+    # bhyve only: the cell's bridge, the responder VM, each guest's zvol.
+    bridge: str = ""
+    responder_vm: object = None  # its lab.vm.hypervisor.Guest
+    responder_guest: object = None  # the same as a lab.vm.responder_guest one
+    volumes: dict[str, str] = field(default_factory=dict)  # guest -> zvol
 
 
 class _Local(Node):
@@ -124,8 +154,9 @@ class JailNode(SSHNode):
 
     def __init__(self, host: SSHNode, jail: str, root: str, role: str = "jail"):
         super().__init__(
-            role, host.run_id, host.host, host.port, host.user, host.key_path
-        )
+            role, host.run_id, host.host, host.port, host.user, host.key_path,
+            host.known_host_key, host.system,
+        )  # fmt: skip
         self.jail = jail
         self.root = root
 
@@ -146,122 +177,6 @@ class JailNode(SSHNode):
         return self.root + path
 
 
-def guest_path(node: SSHNode, path: str) -> str:
-    return node.guest_path(path) if isinstance(node, JailNode) else path
-
-
-class GuestCharon(strongswan.Charon):
-    """charon in a guest stack: lab.strongswan.Charon's paths and configuration,
-    started, watched and read over SSH.
-
-    The configuration is written locally (evidence) and copied in; charon
-    runs under daemon(8); its VICI socket is forwarded to a local socket by
-    the OpenSSH client, so the lab talks VICI exactly as on Linux; its log
-    is fetched back whenever it is read.
-    """
-
-    def __init__(self, node: SSHNode, run_dir: str, run_id: str):
-        super().__init__(node, run_dir)
-        self.forward: Process | None = None
-        self._local = _Local(role=f"{node.role}-vici", run_id=run_id)
-
-    def write_config(self, charon: dict) -> str:
-        os.makedirs(self.run_dir, exist_ok=True)
-        return super().write_config(charon)
-
-    def start(self, system: str = "freebsd", timeout: float = 30.0) -> None:
-        """Start charon; return when VICI answers here, or charon has died."""
-        self.node.run(["rm", "-f", *self._guest_files(), CHARON_PID], check=False)
-        self.node.put(
-            os.path.join(self.run_dir, "strongswan.conf"),
-            f"{STACK_RUN}/strongswan.conf",
-        )
-        self.node.run(start_argv())
-        try:
-            wait_until(self._vici_or_dead, timeout, f"{self.node.label}: charon VICI")
-        except WaitTimeout:
-            log.debug("%s: charon did not open VICI in time", self.node.label)
-            return
-        if self.running():
-            self._forward_vici(timeout)
-
-    def _guest_files(self) -> list[str]:
-        names = ("charon.vici", "charon.log", "charon.out", "daemon-charon.pid")
-        return [f"{STACK_RUN}/{name}" for name in names]
-
-    def _vici_or_dead(self) -> str | None:
-        if self.node.run(["test", "-S", f"{STACK_RUN}/charon.vici"], check=False).ok:
-            return None
-        alive = self.node.run(["pgrep", "-q", "-F", DAEMON_PID], check=False).ok
-        return "VICI socket not there yet" if alive else None
-
-    def _forward_vici(self, timeout: float) -> None:
-        remote = guest_path(self.node, f"{STACK_RUN}/charon.vici")
-        if os.path.exists(self.vici_socket):
-            os.remove(self.vici_socket)
-        self.forward = self._local.spawn(
-            vici_forward_argv(self.node, self.vici_socket, remote),
-            log_path=os.path.join(self.run_dir, "vici-forward.log"),
-        )
-        wait_until(
-            lambda: None if os.path.exists(self.vici_socket) else "no local socket",
-            timeout,
-            f"{self.node.label}: VICI forwarded to {self.vici_socket}",
-        )
-
-    def running(self) -> bool:
-        return self.node.run(["pgrep", "-q", "-F", CHARON_PID], check=False).ok
-
-    def read_log(self) -> str:
-        for name in ("charon.log", "charon.out"):
-            try:
-                self.node.get(f"{STACK_RUN}/{name}", os.path.join(self.run_dir, name))
-            except OSError as exc:
-                log.debug("%s: %s not fetched: %s", self.node.label, name, exc)
-        try:
-            with open(self.log_path, errors="replace") as src:
-                return src.read()
-        except FileNotFoundError:
-            return ""
-
-    def stop(self) -> None:
-        if self.forward is not None:
-            self.forward.stop()
-        self.node.run(["pkill", "-TERM", "-F", DAEMON_PID], check=False)
-        try:
-            wait_until(
-                lambda: "still running" if self.running() else None,
-                15,
-                f"{self.node.label}: charon stopped",
-                interval=0.5,
-            )
-        except WaitTimeout:
-            self.node.run(["pkill", "-KILL", "-F", CHARON_PID], check=False)
-        self.read_log()
-
-
-def start_argv() -> list[str]:
-    """charon under daemon(8), its output kept, its config from /run."""
-    return [
-        "daemon", "-P", DAEMON_PID, "-o", f"{STACK_RUN}/charon.out",
-        "env", f"STRONGSWAN_CONF={STACK_RUN}/strongswan.conf",
-        shared_strongswan.CHARON_PATHS["freebsd"],
-    ]  # fmt: skip
-
-
-def vici_forward_argv(node: SSHNode, local: str, remote: str) -> list[str]:
-    """``ssh -N -L local.sock:remote.sock``: a Unix socket forward over SSH."""
-    login = node.prefix()
-    return [
-        *login[:-2],
-        "-N",
-        "-o", "ExitOnForwardFailure=yes",
-        "-o", "StreamLocalBindUnlink=yes",
-        "-L", f"{local}:{remote}",
-        login[-2],
-    ]  # fmt: skip
-
-
 class FreeBSDPlatform(Platform):
     name = "freebsd"
     system = "freebsd"
@@ -271,6 +186,10 @@ class FreeBSDPlatform(Platform):
         self._responder_esp: bool | None = None
         self._run_prefix = f"{runid.PREFIX}-"
         self._hypervisor = vm_hypervisor.select(settings.hypervisor)
+        self._bhyve = self._hypervisor.name == "bhyve"
+        if self._bhyve:
+            _check_bhyve_settings(settings)
+        _check_local_libvirt(settings.hypervisor)
 
     # -- the Platform interface -------------------------------------------------
 
@@ -289,7 +208,10 @@ class FreeBSDPlatform(Platform):
             self.teardown(world)
 
     def responder_backend(self, capabilities: dict[str, bool]) -> str:
-        # The responder runs on Linux: what the guest can do does not matter.
+        # What the client's guest can do does not matter: the responder runs
+        # on Linux, or under bhyve in a FreeBSD VM whose ESP configure() checks.
+        if self._bhyve:
+            return responder_guest.BACKENDS["freebsd"]
         if self._responder_esp is None:
             answer = linux_caps.probe_esp(f"{self._run_prefix}responder-esp")
             self._responder_esp = bool(answer["value"])
@@ -304,7 +226,10 @@ class FreeBSDPlatform(Platform):
         world.cell = cell
         try:
             if cell["client"] != "probe":
-                self._build_linux_side(world, cell["nat"])
+                if self._bhyve:
+                    self._build_bridged_side(world, cell)
+                else:
+                    self._build_linux_side(world, cell["nat"])
             self._boot_guest(world, cell)
             self._build_guest_side(world, cell)
             if cell["client"] == "charon":
@@ -324,9 +249,13 @@ class FreeBSDPlatform(Platform):
     def teardown(self, world: World) -> list[str]:
         problems = self.stop_processes(world)
         problems += self._stop_guest(world)
+        problems += self._stop_responder(world)
         for process in [*getattr(world, "local", []), getattr(world, "relay", None)]:
             if process is not None:
                 process.stop()
+        # After the guests: their taps leave the bridge, their zvols are free.
+        problems += _destroy_bridge(world)
+        problems += _destroy_volumes(world)
         problems += _delete_namespaces(world)
         shutil.rmtree(world.runtime_dir, ignore_errors=True)
         return problems
@@ -341,32 +270,12 @@ class FreeBSDPlatform(Platform):
                 state[name] = result.stdout + (result.stderr and f"\n{result.stderr}")
         return state
 
-    # -- what lab/cell.py asks of a platform for guest nodes -------------------------
-
-    def charon(self, stack: Stack):
+    def responder_kernel_state(self, stack: Stack) -> dict[str, str]:
+        # A responder VM's kernel holds its SAs; the Linux one keeps the
+        # local lab's evidence (none).
         if isinstance(stack.node, SSHNode):
-            return GuestCharon(stack.node, stack.run_dir, stack.node.run_id)
-        return strongswan.Charon(stack.node, stack.run_dir)
-
-    def system_of(self, stack: Stack) -> str:
-        """The system a stack's charon runs on: the responder stays on Linux."""
-        return "freebsd" if isinstance(stack.node, SSHNode) else "linux"
-
-    def python_argv(self, node: Node, module: str, *args: str) -> list[str]:
-        if isinstance(node, SSHNode):
-            return ["env", f"PYTHONPATH={fp.GUEST_PY}", "python3", "-m", module, *args]
-        return ["env", f"PYTHONPATH={REPO}", sys.executable, "-m", module, *args]
-
-    def listening_argv(self, node: Node, port: int) -> list[str]:
-        if isinstance(node, SSHNode):
-            return ["sockstat", "-4", "-l", "-q", "-P", "tcp", "-p", str(port)]
-        return ["ss", "-Hltn", f"sport = :{port}"]
-
-    def ping_argv(self, node: Node, address: str) -> list[str]:
-        if isinstance(node, SSHNode):
-            # FreeBSD's -W is in milliseconds.
-            return ["ping", "-c", "2", "-i", "0.2", "-W", "2000", address]
-        return ["ping", "-c", "2", "-i", "0.2", "-W", "2", address]
+            return self.kernel_state(stack)
+        return {}
 
     # -- FreeBSD evidence and probes --------------------------------------------
 
@@ -413,6 +322,7 @@ class FreeBSDPlatform(Platform):
             kept.get("freebsd/freebsd-version.txt", ""), strongswan_version
         )
         evidence.write_json("freebsd/versions.json", found)
+        _fetch_responder_capture(world, evidence)
         return found
 
     def run_probe(self, world: GuestWorld, evidence) -> Outcome:
@@ -459,6 +369,11 @@ class FreeBSDPlatform(Platform):
             cell_runner.stop({"responder": daemon})
 
     def _start_responder(self, world: GuestWorld, config) -> "cell_runner.Daemon":
+        """The responder's service and charon, as lab/cell.py starts them.
+
+        charon comes from :meth:`charon` for the stack's node: a Linux
+        charon in the gw namespace, or a GuestCharon in the responder VM.
+        """
         stack = self._responder_stack(world)
         daemon = cell_runner.Daemon(
             "responder", stack,
@@ -466,9 +381,9 @@ class FreeBSDPlatform(Platform):
             self.responder_backend({}),
         )  # fmt: skip
         cell_runner.start_service(
-            world, topology.PROTECTED_SERVICE, f"{config.responder.name}-lan"
+            self, world, topology.PROTECTED_SERVICE, f"{config.responder.name}-lan"
         )
-        _start_linux_daemon(daemon, config.responder.name)
+        cell_runner.start_daemon(self, daemon)
         return daemon
 
     def _judge_vpnjail(self, world, config, daemon, up_ok: bool, evidence) -> Outcome:
@@ -499,12 +414,18 @@ class FreeBSDPlatform(Platform):
     def _world(self, run_id: str, runtime_dir: str, label: str) -> GuestWorld:
         short = hashlib.sha1(label.encode()).hexdigest()[:8]
         prefix = runid.namespace_prefix(run_id)
-        names = {role: f"{prefix}{short}-{role}" for role in LINUX_ROLES}
+        if self._bhyve:
+            # No namespaces: lan, gw and wan become the responder VM's node.
+            names = {"responder": f"{prefix}{short}-responder",
+                     "bridge": f"{prefix}{short}-wan"}  # fmt: skip
+            nodes = {}
+        else:
+            names = {role: f"{prefix}{short}-{role}" for role in LINUX_ROLES}
+            nodes = {
+                role: NetnsNode(role=role, run_id=run_id, netns=names[role])
+                for role in LINUX_ROLES
+            }
         names["guest"] = f"{prefix}{short}-guest"
-        nodes = {
-            role: NetnsNode(role=role, run_id=run_id, netns=names[role])
-            for role in LINUX_ROLES
-        }
         world = GuestWorld(
             None, nodes, None, None, os.path.join(runtime_dir, short), names
         )
@@ -529,38 +450,104 @@ class FreeBSDPlatform(Platform):
             netns.enable_forwarding(names[role])
 
     def _start_relay(self, world: GuestWorld) -> Process:
-        listen, peer = _free_udp_port(), _free_udp_port()
-        world.relay_ports = (listen, peer)
-        local = _Local(role="relay", run_id=runid.run_of_namespace(world.names["wan"]))
-        process = local.spawn(
-            relay_argv(world.names["wan"], WAN_LINK.a_if, listen, peer),
-            log_path=os.path.join(world.runtime_dir, "relay.log"),
+        world.relay_ports = (relay.free_udp_port(), relay.free_udp_port())
+        return relay.start(
+            runid.run_of_namespace(world.names["wan"]),
+            world.names["wan"],
+            WAN_LINK.a_if,
+            world.relay_ports,
+            os.path.join(world.runtime_dir, "relay.log"),
         )
-        wait_until(lambda: _relay_ready(process), 10, "wan relay: tap ready")
-        command.run(
-            ["ip", "-n", world.names["wan"], "link", "set", WAN_LINK.a_if, "up"]
-        )
-        return process
+
+    def _build_bridged_side(self, world: GuestWorld, cell: Cell) -> None:
+        """bhyve: the cell's bridge and the responder VM on it."""
+        self._create_bridge(world)
+        self._boot_responder(world, cell)
+
+    def _create_bridge(self, world: GuestWorld) -> str:
+        where = world.names["bridge"]
+        bridge = command.run(bhyve.bridge_create_argv(), where=where).stdout.strip()
+        if not bridge.startswith("bridge"):
+            raise RuntimeError(
+                f"{where}: `ifconfig bridge create` expected a bridge name, "
+                f"got {bridge!r}"
+            )
+        world.bridge = bridge  # so teardown destroys it even if the rest fails
+        for argv in bhyve.bridge_commands(bridge, where):
+            command.run(argv, where=where)
+        log.info("%s: %s up", where, bridge)
+        return bridge
 
     def _boot_guest(self, world: GuestWorld, cell: Cell) -> None:
-        if self._hypervisor.name == "bhyve":
-            raise RuntimeError(
-                "FreeBSD cells need the responder's Linux namespaces: run them on "
-                "a Linux host with QEMU (--hypervisor qemu or libvirt:<uri>)"
-            )
-        layer = self.provisioned_layer(cell["freebsd"], cell["strongswan"])
-        world.overlay = os.path.join(disks.OVERLAY_DIR, f"{world.names['guest']}.qcow2")
-        disks.overlay(str(layer), world.overlay, "qcow2")
         port = vm_hypervisor.free_port()
-        nics = [_mgmt_nic(port)]
-        if world.relay_ports is not None:
-            nics.append(_wan_nic(*world.relay_ports))
+        nics = [self._mgmt_nic(port)]
+        name = world.names["guest"]
+        if self._bhyve:
+            build = cell["strongswan"]
+            disk = self._guest_volume(world, name, cell["freebsd"], build)
+            disk_format = "raw"
+            if world.bridge:
+                nics.append(Nic(kind="bridge", name=world.bridge))
+        else:
+            layer = self.provisioned_layer(cell["freebsd"], cell["strongswan"])
+            world.overlay = os.path.join(disks.OVERLAY_DIR, f"{name}.qcow2")
+            disks.overlay(str(layer), world.overlay, "qcow2")
+            disk, disk_format = world.overlay, "qcow2"
+            if world.relay_ports is not None:
+                nics.append(_wan_nic(*world.relay_ports))
         world.guest = self._hypervisor.start(
-            self._spec(world.names["guest"], world.overlay, "qcow2", nics, world)
+            self._spec(name, disk, disk_format, nics, world)
         )
         host = self._login(world.guest, port, "root", "host")
         world.nodes["host"] = host
         fp.run_steps(host, fp.module_steps(cell["ipsec"].removeprefix("ipsec-")))
+
+    def _boot_responder(self, world: GuestWorld, cell: Cell) -> None:
+        """bhyve: a FreeBSD guest from the pkg layer as lan, gw and wan.
+
+        Its wan NIC carries responder_guest.WAN_MAC, which configure() looks
+        for; it is renamed to lab.topology's capture interface because
+        lab/cell.py captures there, on the ``wan`` node, which is this VM.
+        """
+        name = world.names["responder"]
+        port = vm_hypervisor.free_port()
+        disk = self._guest_volume(world, name, cell["freebsd"], "pkg")
+        wan = Nic(kind="bridge", name=world.bridge, mac=responder_guest.WAN_MAC)
+        world.responder_vm = self._hypervisor.start(
+            self._spec(name, disk, "raw", [self._mgmt_nic(port), wan], world)
+        )
+        node = self._login(world.responder_vm, port, "root", "gw")
+        _name_wan(node, CAPTURE_IF)
+        # charon's config goes to /run; lab/cell.py's capture writes its pcap
+        # to the same path as here, so that directory must exist there too.
+        node.run(["mkdir", "-p", STACK_RUN, world.runtime_dir])
+        guest = responder_guest.ResponderGuest(
+            node, with_wan=True, stop=functools.partial(self._stop_responder, world)
+        )
+        guest.configure()
+        guest.reset(cell["nat"])
+        world.responder_guest = guest
+        for role in LINUX_ROLES:
+            world.nodes[role] = node
+        log.info("%s: responder VM up, wan NIC %s", name, guest.wan_if)
+
+    def _mgmt_nic(self, port: int, outbound: bool = False) -> Nic:
+        # bhyve's slirp network is fixed; it refuses another one.
+        if self._bhyve:
+            return Nic(kind="user", forwards=((port, 22),), outbound=outbound)
+        return _mgmt_nic(port, outbound)
+
+    def _guest_volume(
+        self, world: GuestWorld, name: str, version: str, build: str
+    ) -> str:
+        """A throw-away clone of the provisioned layer for guest *name*; its
+        device."""
+        source = self.provisioned_snapshot(version, build)
+        volume = zfs_layers.run_volume(self.settings.zfs_dataset, name)
+        for argv in zfs_layers.clone_commands(source, volume):
+            command.run(argv, where=name)
+        world.volumes[name] = volume
+        return zvol_ready(volume)
 
     def _spec(self, name, disk, disk_format, nics, world, seed_iso=None) -> VmSpec:
         return VmSpec(
@@ -633,8 +620,11 @@ class FreeBSDPlatform(Platform):
     def _responder_stack(self, world: GuestWorld) -> Stack:
         node = world.node("gw")
         run_dir = os.path.join(world.runtime_dir, "gw")
-        holder = sandbox.start(node, run_dir, "tun-visible")
-        node.sandbox_pid = holder.pid
+        # The responder VM's charon runs in the guest's own stack (/run made
+        # at boot); the Linux one in a sandbox of the gw namespace.
+        if not isinstance(node, SSHNode):
+            holder = sandbox.start(node, run_dir, "tun-visible")
+            node.sandbox_pid = holder.pid
         stack = Stack(node, run_dir, "tun-visible")
         world.stacks["gw"] = stack
         return stack
@@ -662,6 +652,20 @@ class FreeBSDPlatform(Platform):
             os.remove(overlay)
         return problems
 
+    def _stop_responder(self, world: World) -> list[str]:
+        """Power the responder VM off and destroy its clone; never raises."""
+        guest = getattr(world, "responder_vm", None)
+        if guest is None:
+            return []
+        world.responder_vm = None
+        problems = []
+        try:
+            guest.stop(timeout=60)
+        except Exception as exc:  # the clone goes anyway
+            problems.append(f"{guest.name}: stopping: {exc}")
+        volume = world.volumes.pop(guest.name, None)
+        return problems + (_destroy_volume(guest.name, volume) if volume else [])
+
     # -- layers -----------------------------------------------------------------
 
     def key_path(self) -> Path:
@@ -680,6 +684,16 @@ class FreeBSDPlatform(Platform):
         Keyed on the release image and the provisioning commands, so a
         second run reuses it and any change makes a new one.
         """
+        image, branch, key = self._layer_inputs(version, build)
+        layer = self.settings.folder / "layers" / f"{version}-{build}-{key}.qcow2"
+        if layer.exists():
+            log.info("FreeBSD %s (%s): reusing %s", version, build, layer)
+            return layer
+        self._provision(image, build, branch, layer)
+        return layer
+
+    def _layer_inputs(self, version: str, build: str) -> tuple[images.Image, str, str]:
+        """The image, ports branch and layer key of a provisioned layer."""
         image = self.settings.images[version]
         branch = fp.ports_branch(self.settings.today) if build == "ports" else ""
         plan = fp.provision_plan(_login_kind(image), self.public_key(), build)
@@ -687,12 +701,70 @@ class FreeBSDPlatform(Platform):
             "freebsd-provisioned", _image_identity(image), build, branch,
             fp.plan_text(plan),
         )  # fmt: skip
-        layer = self.settings.folder / "layers" / f"{version}-{build}-{key}.qcow2"
-        if layer.exists():
-            log.info("FreeBSD %s (%s): reusing %s", version, build, layer)
-            return layer
-        self._provision(image, build, branch, layer)
-        return layer
+        return image, branch, key
+
+    def provisioned_snapshot(self, version: str, build: str) -> str:
+        """bhyve: the provisioned layer as a ZFS snapshot, keyed like the qcow2
+        one; a second run finds it and reuses it."""
+        image, branch, key = self._layer_inputs(version, build)
+        dataset = self.settings.zfs_dataset
+        layer = zfs_layers.layer_volume(dataset, version, build, key)
+        kept = zfs_layers.snapshot(layer, zfs_layers.LAYER_SNAPSHOT)
+        if _zfs_exists(kept):
+            log.info("FreeBSD %s (%s): reusing %s", version, build, kept)
+            return kept
+        _check_dataset_exists(dataset)
+        # One process builds it; a second one waiting here then finds it made.
+        with disks.locked(self._lock(f"{version}-{build}-{key}"), LAYER_LOCK_SECONDS):
+            if not _zfs_exists(kept):
+                base = self._base_snapshot(image)
+                self._provision_zfs(image, build, branch, base, layer)
+        return kept
+
+    def _lock(self, name: str) -> str:
+        return str(self.settings.folder / "layers" / f"{name}.zfs.lock")
+
+    def _base_snapshot(self, image: images.Image) -> str:
+        """The release image written into a zvol, snapshotted; made once."""
+        size = zfs_layers.volume_size(
+            zfs_layers.image_bytes(str(image.path), image.format)
+        )
+        key = disks.layer_key("freebsd-base", _image_identity(image), size)
+        base = zfs_layers.base_volume(self.settings.zfs_dataset, image.version, key)
+        kept = zfs_layers.snapshot(base, zfs_layers.BASE_SNAPSHOT)
+        # Both builds of a release share it: one writes it, the other waits.
+        lock = self._lock(f"{image.version}-base-{key}")
+        with disks.locked(lock, WRITE_LOCK_SECONDS):
+            if not _zfs_exists(kept):
+                self._write_base(image, size, base)
+        return kept
+
+    def _write_base(self, image: images.Image, size: str, base: str) -> None:
+        if image.format == "qcow2" and shutil.which(disks.QEMU_IMG) is None:
+            raise RuntimeError(
+                f"{image.path}: a qcow2 image goes into a zvol through qemu-img, "
+                "which is not installed: install it, or give a raw image (--image)"
+            )
+        run_id = runid.new_run_id()
+        name = f"{runid.namespace_prefix(run_id)}base-{image.version}"
+        scratch = zfs_layers.run_volume(self.settings.zfs_dataset, name)
+        command.run(zfs_layers.create_argv(scratch, size), where=name)
+        try:
+            command.run(
+                zfs_layers.write_image_argv(
+                    str(image.path), image.format, zvol_ready(scratch)
+                ),
+                where=name,
+                timeout=WRITE_IMAGE_SECONDS,
+            )
+            for argv in zfs_layers.publish_commands(
+                scratch, base, zfs_layers.BASE_SNAPSHOT
+            ):
+                command.run(argv, where=name)
+        except Exception:
+            _destroy_volume(name, scratch)
+            raise
+        log.info("FreeBSD %s: release image in %s", image.version, base)
 
     def _provision(
         self, image: images.Image, build: str, branch: str, layer: Path
@@ -705,7 +777,7 @@ class FreeBSDPlatform(Platform):
         disks.overlay(str(image.path), scratch, image.format)
         world = GuestWorld(None, {}, None, None, folder)
         try:
-            self._provision_guest(image, build, branch, name, scratch, world)
+            self._provision_guest(image, build, branch, name, scratch, "qcow2", world)
         except Exception:
             if os.path.exists(scratch):
                 os.remove(scratch)
@@ -715,10 +787,40 @@ class FreeBSDPlatform(Platform):
         layer.parent.mkdir(parents=True, exist_ok=True)
         os.replace(scratch, layer)
 
-    def _provision_guest(self, image, build, branch, name, scratch, world) -> None:
+    def _provision_zfs(
+        self, image: images.Image, build: str, branch: str, base: str, layer: str
+    ) -> None:
+        """Provision a run-tagged clone of *base*, then publish it as *layer*."""
+        run_id = runid.new_run_id()
+        name = f"{runid.namespace_prefix(run_id)}provision-{image.version}-{build}"
+        scratch = zfs_layers.run_volume(self.settings.zfs_dataset, name)
+        folder = runid.runtime_dir(run_id)
+        os.makedirs(folder, exist_ok=True)
+        world = GuestWorld(None, {}, None, None, folder)
+        try:
+            for argv in zfs_layers.clone_commands(base, scratch):
+                command.run(argv, where=name)
+            disk = zvol_ready(scratch)
+            self._provision_guest(image, build, branch, name, disk, "raw", world)
+            for argv in zfs_layers.publish_commands(
+                scratch, layer, zfs_layers.LAYER_SNAPSHOT
+            ):
+                command.run(argv, where=name)
+        except Exception:
+            _destroy_volume(name, scratch)
+            raise
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _provision_guest(
+        self, image, build, branch, name, disk, disk_format, world
+    ) -> None:
         port = vm_hypervisor.free_port()
         seed_iso = self._seed(image, name, world.runtime_dir)
-        spec = self._spec(name, scratch, "qcow2", [_mgmt_nic(port)], world, seed_iso)
+        # Only this boot may leave the machine: pkg and git fetch from
+        # FreeBSD's servers. Cells boot with the restricted NIC.
+        nics = [self._mgmt_nic(port, outbound=True)]
+        spec = self._spec(name, disk, disk_format, nics, world, seed_iso)
         guest = self._hypervisor.start(spec)
         try:
             if self._first_login(guest, image, port, spec):
@@ -849,26 +951,6 @@ def _vpnjail_log(host: SSHNode, folder: str) -> str:
         return src.read()
 
 
-def _start_linux_daemon(daemon, name: str) -> None:
-    """The responder's charon, as lab/cell.py starts it, on Linux.
-
-    lab.cell.start_daemon takes the system from the platform, which here is
-    FreeBSD; the responder runs on Linux whatever the platform.
-    """
-    daemon.charon = strongswan.Charon(daemon.stack.node, daemon.stack.run_dir)
-    settings = strongswan.charon_settings("linux", daemon.backend, daemon.config.charon)
-    daemon.charon.write_config(settings)
-    daemon.charon.start("linux")
-    if not daemon.charon.running():
-        log.debug("%s: the responder's charon exited during start", name)
-        return
-    daemon.session = vici_client.connect(daemon.charon.vici_socket)
-    vici_client.load(
-        daemon.session, daemon.config.conns, daemon.config.secrets, daemon.config.pools
-    )
-    daemon.started = True
-
-
 def _loaded_plugins(log_text: str) -> str:
     for line in log_text.splitlines():
         if "loaded plugins:" in line:
@@ -955,14 +1037,22 @@ def _image_identity(image: images.Image) -> str:
     return f"{image.path}:{stat.st_size}:{int(stat.st_mtime)}"
 
 
-def _mgmt_nic(port: int) -> Nic:
-    return Nic(kind="user", forwards=((port, 22),), net=MGMT_NET)
+def _check_local_libvirt(hypervisor: str | None) -> None:
+    """A guest on another libvirt host is out of reach of this machine's wan
+    namespace (its relay) and of its SSH forward on 127.0.0.1 there."""
+    if not hypervisor or not hypervisor.startswith("libvirt:"):
+        return
+    host = urlparse(hypervisor.removeprefix("libvirt:")).hostname
+    if host:
+        raise ValueError(
+            f"--hypervisor/--vm-hosts {hypervisor}: FreeBSD cells need their "
+            "guests on this machine (wan relay, SSH on 127.0.0.1); give a local "
+            "libvirt URI, or run the lab on that host"
+        )
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _mgmt_nic(port: int, outbound: bool = False) -> Nic:
+    return Nic(kind="user", forwards=((port, 22),), net=MGMT_NET, outbound=outbound)
 
 
 def _wan_nic(listen: int, peer: int) -> Nic:
@@ -1076,6 +1166,103 @@ def probe_outcome(returncode: int, report: dict | None, stderr: str) -> Outcome:
     return Outcome("SAD_INSTALL_FAILED", name, summary, deciding)
 
 
+def _check_bhyve_settings(settings: Settings) -> None:
+    if not settings.zfs_dataset:
+        raise ValueError(
+            "--hypervisor bhyve needs --zfs-dataset POOL/DATASET for the guests' "
+            "zvols (bhyve reads no qcow2): e.g. `zfs create -o mountpoint=none "
+            "zroot/vjlab`, then --zfs-dataset zroot/vjlab"
+        )
+    zfs_layers.check_dataset(settings.zfs_dataset)
+
+
+def _check_dataset_exists(dataset: str) -> None:
+    if not _zfs_exists(dataset):
+        raise RuntimeError(
+            f"--zfs-dataset {dataset}: no such ZFS dataset; create it with "
+            f"`zfs create -o mountpoint=none {dataset}`"
+        )
+
+
+def zvol_ready(volume: str) -> str:
+    """The device of *volume*, once it exists.
+
+    A zvol's device node may appear after ``zfs create``/``zfs clone``
+    return; bhyve and dd need it there.
+    """
+    path = disks.zvol(volume)
+    wait_until(
+        lambda: None if os.path.exists(path) else f"{path} not there yet",
+        ZVOL_SECONDS,
+        f"{volume}: zvol device",
+        interval=0.5,
+    )
+    return path
+
+
+def _zfs_exists(name: str) -> bool:
+    return command.run(zfs_layers.exists_argv(name), where="zfs", check=False).ok
+
+
+def _destroy_volume(where: str, volume: str) -> list[str]:
+    problems = []
+    for argv in zfs_layers.destroy_commands(volume):
+        result = command.run(argv, where=where, check=False)
+        if not result.ok:
+            problems.append(_failed(result))
+    return problems
+
+
+def _failed(result: command.Result) -> str:
+    return (
+        f"{result.where}: `{result.command}` expected exit status 0, got "
+        f"{result.returncode}: {(result.stderr or result.stdout).strip()}"
+    )
+
+
+def _destroy_volumes(world: World) -> list[str]:
+    """Every guest's clone still left: the client's, or a half-booted one's."""
+    volumes = getattr(world, "volumes", {})
+    problems = []
+    for name, volume in list(volumes.items()):
+        problems += _destroy_volume(name, volume)
+        del volumes[name]
+    return problems
+
+
+def _destroy_bridge(world: World) -> list[str]:
+    bridge = getattr(world, "bridge", "")
+    if not bridge:
+        return []
+    world.bridge = ""
+    result = command.run(
+        bhyve.bridge_destroy_argv(bridge), where=world.names["bridge"], check=False
+    )
+    return [] if result.ok else [_failed(result)]
+
+
+def _name_wan(node: SSHNode, name: str) -> None:
+    """Rename the responder VM's wan NIC (found by its MAC) to *name*."""
+    listing = node.run(responder_guest.listing_argv(node.system)).stdout
+    current = responder_guest.interface_with_mac(
+        node.system, listing, responder_guest.WAN_MAC
+    )
+    if current != name:
+        node.run(["ifconfig", current, "name", name])
+
+
+def _fetch_responder_capture(world: World, evidence) -> None:
+    """bhyve: lab/cell.py's wan capture ran in the responder VM; fetch it."""
+    guest = getattr(world, "responder_guest", None)
+    if guest is None or world.cell["client"] != "charon":
+        return
+    remote = os.path.join(world.runtime_dir, "wan.pcap")
+    try:
+        guest.node.get(remote, os.path.join(evidence.path, "wan.pcap"))
+    except OSError as exc:
+        log.debug("%s: wan capture not fetched: %s", guest.node.label, exc)
+
+
 def _delete_namespaces(world: World) -> list[str]:
     problems = []
     for role in LINUX_ROLES:
@@ -1089,89 +1276,3 @@ def _delete_namespaces(world: World) -> list[str]:
         if not result.ok:
             problems.append(f"{name}: {result.stderr.strip()}")
     return problems
-
-
-# -- the wan relay: QEMU's UDP socket <-> a tap in the wan namespace ---------------
-
-TUNSETIFF = 0x400454CA
-IFF_TAP = 0x0002
-IFF_NO_PI = 0x1000
-CLONE_NEWNET = 0x40000000
-READY = "relay ready"
-
-
-def relay_argv(netns_name: str, tap: str, listen: int, peer: int) -> list[str]:
-    return [
-        "env", f"PYTHONPATH={REPO}", sys.executable, "-m", "lab.platforms.freebsd",
-        "relay", "--netns", netns_name, "--tap", tap,
-        "--listen", str(listen), "--peer", str(peer),
-    ]  # fmt: skip
-
-
-def _relay_ready(process: Process) -> str | None:
-    with open(process.log_path, errors="replace") as out:
-        if READY in out.read():
-            return None
-    if process.exited() is not None:
-        raise RuntimeError(f"wan relay exited; see {process.log_path}")
-    return "relay not ready"
-
-
-def tap_request(name: str) -> bytes:
-    """The ifreq TUNSETIFF takes: a tap without packet information."""
-    if not 0 < len(name) < 16:
-        raise ValueError(f"interface name {name!r}: 1 to 15 characters")
-    return struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI)
-
-
-def enter_netns(name: str) -> None:
-    """Move this thread into network namespace *name* (ip netns)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    with open(f"/run/netns/{name}") as handle:
-        if libc.setns(handle.fileno(), CLONE_NEWNET) != 0:
-            error = ctypes.get_errno()
-            raise OSError(error, f"setns into {name}: {os.strerror(error)}")
-
-
-def open_tap(name: str) -> int:
-    fd = os.open("/dev/net/tun", os.O_RDWR)
-    fcntl.ioctl(fd, TUNSETIFF, tap_request(name))
-    return fd
-
-
-def relay(netns_name: str, tap: str, listen: int, peer: int) -> None:
-    """Frames between QEMU's UDP socket (root namespace) and a wan tap.
-
-    The socket is bound before entering the wan namespace, so it stays on
-    the root namespace's loopback where QEMU is; the tap is made after, so
-    it exists only in the wan namespace.
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", listen))
-    enter_netns(netns_name)
-    fd = open_tap(tap)
-    print(READY, flush=True)
-    while True:
-        ready, _, _ = select.select([sock, fd], [], [])
-        if sock in ready:
-            os.write(fd, sock.recv(65536))
-        if fd in ready:
-            sock.sendto(os.read(fd, 65536), ("127.0.0.1", peer))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab.platforms.freebsd")
-    sub = parser.add_subparsers(dest="command", required=True)
-    relay_parser = sub.add_parser("relay", help="QEMU UDP socket <-> wan tap")
-    relay_parser.add_argument("--netns", required=True)
-    relay_parser.add_argument("--tap", required=True)
-    relay_parser.add_argument("--listen", type=int, required=True)
-    relay_parser.add_argument("--peer", type=int, required=True)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    relay(args.netns, args.tap, args.listen, args.peer)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

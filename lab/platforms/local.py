@@ -4,35 +4,67 @@
 sandbox: a mount namespace with a private /run, a private strongSwan
 configuration and a /dev holding only what the cell's device policy allows,
 the Linux counterparts of a vnet jail's own root and devfs ruleset.
+
+With ``responder="vm"`` the responder side (``lan`` and ``gw``) is a Debian
+guest instead (:mod:`lab.vm.responder_guest`): one per platform instance,
+booted at the first cell, its wan NIC relayed into each cell's ``wan``
+namespace, so the responder uses a kernel with ESP even where this
+machine's kernel has none.
 """
 
 import hashlib
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 
 from lab import capabilities, command, firewall, netns, runid, sandbox, topology
 from lab.matrix import Cell
 from lab.netns import NetnsNode
+from lab.node import Process
 from lab.platforms.base import Platform, Stack, World
+from lab.vm import relay, responder_guest
 
 log = logging.getLogger(__name__)
+
+RESPONDERS = ("namespaces", "vm")
+VM_ROLES = ("lan", "gw")
+
+
+@dataclass
+class RelayedWorld(World):
+    """A world whose ``lan`` and ``gw`` are the responder VM's."""
+
+    relay: Process | None = None
 
 
 class LocalPlatform(Platform):
     name = "local"
     system = "linux"
 
+    def __init__(self, responder: str = "namespaces", hypervisor: str | None = None):
+        if responder not in RESPONDERS:
+            raise ValueError(
+                f"responder {responder!r}: allowed {', '.join(RESPONDERS)}"
+            )
+        self.responder = responder
+        self.hypervisor = hypervisor
+        self._guest: responder_guest.ResponderGuest | None = None
+
     def capabilities(self, run_id: str) -> dict[str, dict]:
         return capabilities.probe(f"{runid.namespace_prefix(run_id)}probe")
 
     def responder_backend(self, capabilities: dict[str, bool]) -> str:
-        # The responder must run where IPsec is known to work here.
+        # The responder must run where IPsec is known to work.
+        if self.responder == "vm":
+            return responder_guest.BACKENDS["linux"]
         return "netlink" if capabilities.get("esp") else "libipsec"
 
     def build(
         self, cell: Cell, run_id: str, runtime_dir: str, label: str | None = None
     ) -> World:
+        if self.responder == "vm":
+            return self._build_relayed(cell, run_id, runtime_dir, label)
         world = self._world(topology.CELL, run_id, runtime_dir, label or cell.slug)
         world.cell = cell
         try:
@@ -48,7 +80,47 @@ class LocalPlatform(Platform):
             raise
         return world
 
+    def _build_relayed(self, cell, run_id, runtime_dir, label) -> RelayedWorld:
+        guest = self._responder_guest(run_id)
+        guest.reset(cell["nat"])
+        base = self._world(topology.CELL, run_id, runtime_dir, label or cell.slug)
+        names = {r: n for r, n in base.names.items() if r not in VM_ROLES}
+        nodes = {r: n for r, n in base.nodes.items() if r not in VM_ROLES}
+        nodes.update({role: guest.node for role in VM_ROLES})
+        world = RelayedWorld(cell, nodes, None, None, base.runtime_dir, names)
+        os.makedirs(world.runtime_dir, exist_ok=True)
+        try:
+            self._build_network(world, topology.CELL, cell["nat"], skip=VM_ROLES)
+            world.node("host").run(
+                ["nft", "-f", "-"], input_text=firewall.render_nft(run_id, cell["nat"])
+            )
+            run_dir = os.path.join(world.runtime_dir, "gw")
+            world.responder = Stack(guest.node, run_dir, "tun-visible")
+            world.stacks["gw"] = world.responder
+            client_role = "jail" if cell["isolation"] == "jail" else "host"
+            world.client = self._stack(world, client_role, cell["devices"])
+        except Exception:
+            self.teardown(world)
+            raise
+        return world
+
+    def _responder_guest(self, run_id: str) -> responder_guest.ResponderGuest:
+        if self._guest is None:
+            purpose = f"{os.getpid()}"
+            self._guest = responder_guest.boot_debian(run_id, purpose, self.hypervisor)
+        return self._guest
+
+    def close(self) -> None:
+        if self._guest is not None:
+            guest, self._guest = self._guest, None
+            guest.stop()
+
     def build_gateways(self, run_id: str, runtime_dir: str, label: str) -> World:
+        if self.responder == "vm":
+            raise NotImplementedError(
+                "two gateways need two responders; the responder VM is one: "
+                "run vpnjail's gateway scenarios with --responder namespaces"
+            )
         world = self._world(topology.GATEWAYS, run_id, runtime_dir, label)
         try:
             self._build_network(world, topology.GATEWAYS, "direct")
@@ -71,18 +143,38 @@ class LocalPlatform(Platform):
         }
         return World(None, nodes, None, None, os.path.join(runtime_dir, short), names)
 
-    def _build_network(self, world: World, topo, nat: str) -> None:
+    def _build_network(self, world: World, topo, nat: str, skip=()) -> None:
+        """Namespaces, links, routes; roles in *skip* live in the responder VM,
+        and a link to one of them is its relay's tap."""
         names = world.names
         for role in topo.nodes:
-            netns.create(names[role])
+            if role not in skip:
+                netns.create(names[role])
         for link in topo.links:
-            netns.add_veth(names[link.a], link.a_if, names[link.b], link.b_if)
-            netns.add_address(names[link.a], link.a_if, link.a_cidr)
+            if link.a in skip and link.b in skip:
+                continue
+            if link.a in skip:
+                self._relay_link(world, names[link.b], link.b_if)
+            else:
+                netns.add_veth(names[link.a], link.a_if, names[link.b], link.b_if)
+                netns.add_address(names[link.a], link.a_if, link.a_cidr)
             netns.add_address(names[link.b], link.b_if, link.b_cidr)
         for route in topology.routes_for(nat, topo):
-            netns.add_route(names[route.node], route.to, route.via)
+            if route.node not in skip:
+                netns.add_route(names[route.node], route.to, route.via)
         for role in topo.routers:
-            netns.enable_forwarding(names[role])
+            if role not in skip:
+                netns.enable_forwarding(names[role])
+
+    def _relay_link(self, world: RelayedWorld, netns_name: str, interface: str) -> None:
+        world.relay = relay.start(
+            runid.run_of_namespace(netns_name),
+            netns_name,
+            interface,
+            self._guest.relay_ports,
+            os.path.join(world.runtime_dir, "relay.log"),
+            mac=responder_guest.TAP_MAC,
+        )
 
     def _stack(self, world: World, role: str, policy: str) -> Stack:
         node = world.node(role)
@@ -95,6 +187,8 @@ class LocalPlatform(Platform):
 
     def teardown(self, world: World) -> list[str]:
         problems = self.stop_processes(world)
+        if getattr(world, "relay", None) is not None:
+            world.relay.stop()
         for name in world.names.values():
             leftovers = netns.kill_members(name)
             if leftovers:
@@ -104,6 +198,10 @@ class LocalPlatform(Platform):
                 problems.append(f"{name}: {result.stderr.strip()}")
         shutil.rmtree(world.runtime_dir, ignore_errors=True)
         return problems
+
+    def responder_kernel_state(self, stack: Stack) -> dict[str, str]:
+        # Only a responder VM's kernel carries ESP; libipsec keeps SAs in charon.
+        return self.kernel_state(stack) if self.responder == "vm" else {}
 
     def kernel_state(self, stack: Stack) -> dict[str, str]:
         node = stack.node

@@ -90,8 +90,14 @@ def _check(spec: VmSpec) -> None:
 
 
 def _slirp(nic: Nic) -> str:
+    # bhyve's slirp is restricted unless told ``open``; that option is in
+    # the slirp helper of FreeBSD 15 and not in 14's backend, where a
+    # provisioning guest needs a tap on a bridge with the host's NAT.
+    options = ["slirp"] + (["open"] if nic.outbound else [])
     rules = ";".join(f"tcp:127.0.0.1:{h}-:{g}" for h, g in nic.forwards)
-    return f"slirp,hostfwd={rules}" if rules else "slirp"
+    if rules:
+        options.append(f"hostfwd={rules}")
+    return ",".join(options)
 
 
 def bhyveload_argv(spec: VmSpec, console: str) -> list[str]:
@@ -123,13 +129,38 @@ def tap_commands(tap: str, guest: str, bridge: str | None) -> list[list[str]]:
     return commands
 
 
+def bridge_create_argv() -> list[str]:
+    """``ifconfig bridge create``: prints the new bridge's name (ifconfig(8))."""
+    return [IFCONFIG, "bridge", "create"]
+
+
+def bridge_commands(bridge: str, description: str) -> list[list[str]]:
+    """Describe *bridge* with a run-tagged name (so leftovers finds it), up it.
+
+    A bridge that is down passes nothing; if_bridge(4)'s examples end in ``up``.
+    """
+    return [
+        [IFCONFIG, bridge, "description", description],
+        [IFCONFIG, bridge, "up"],
+    ]
+
+
+def bridge_destroy_argv(bridge: str) -> list[str]:
+    return [IFCONFIG, bridge, "destroy"]
+
+
 def parse_tap_descriptions(ifconfig_output: str) -> dict[str, str]:
     """{tap: description} from ``ifconfig -a`` output."""
+    return parse_descriptions(ifconfig_output, "tap")
+
+
+def parse_descriptions(ifconfig_output: str, kind: str) -> dict[str, str]:
+    """{interface: description} of the *kind* interfaces (tap, bridge) listed."""
     found, current = {}, None
     for line in ifconfig_output.splitlines():
         if line and not line[0].isspace():
             name = line.split(":", 1)[0]
-            current = name if name.startswith("tap") else None
+            current = name if name.rstrip("0123456789") == kind else None
         elif current and line.strip().startswith("description:"):
             found[current] = line.split("description:", 1)[1].strip()
     return found
@@ -288,12 +319,21 @@ def tagged_vms(run_id: str | None) -> list[str]:
 
 def tagged_taps(run_id: str | None) -> list[str]:
     """``tapN|guest`` for taps described with a guest name of *run_id*."""
+    return _tagged("tap", run_id)
+
+
+def tagged_bridges(run_id: str | None) -> list[str]:
+    """``bridgeN|wan`` for bridges described with a name of *run_id*."""
+    return _tagged("bridge", run_id)
+
+
+def _tagged(kind: str, run_id: str | None) -> list[str]:
     if platform.system() != "FreeBSD" or shutil.which("ifconfig") is None:
         return []
     output = command.run([IFCONFIG, "-a"], check=False).stdout
     return [
-        f"{tap}|{description}"
-        for tap, description in parse_tap_descriptions(output).items()
+        f"{name}|{description}"
+        for name, description in parse_descriptions(output, kind).items()
         if _ours(description, run_id)
     ]
 
@@ -310,3 +350,8 @@ def destroy_vm(name: str) -> None:
 def destroy_tap(item: str) -> None:
     tap = item.split("|", 1)[0]
     command.run([IFCONFIG, tap, "destroy"], check=False)
+
+
+def destroy_bridge(item: str) -> None:
+    bridge = item.split("|", 1)[0]
+    command.run(bridge_destroy_argv(bridge), check=False)

@@ -125,28 +125,42 @@ class GuestLab:
             disks.remove(partial)
 
     @contextlib.contextmanager
-    def guest(self, purpose: str, backing: str, base: debian.BaseImage):
-        """A guest on a throw-away overlay of *backing*, removed afterwards."""
+    def guest(
+        self,
+        purpose: str,
+        backing: str,
+        base: debian.BaseImage,
+        extra_nics: tuple[Nic, ...] = (),
+    ):
+        """A guest on a throw-away overlay of *backing*, removed afterwards.
+
+        *extra_nics* come after the management NIC (SSH only).
+        """
         overlay = os.path.join(
             self.overlay_dir, f"vjlab-{self.run_id}-debian12-{purpose}.qcow2"
         )
         disks.overlay(backing, overlay)
         try:
-            with self.booted(purpose, overlay, base) as node:
+            with self.booted(purpose, overlay, base, extra_nics=extra_nics) as node:
                 yield node
         finally:
             disks.remove(overlay)
 
     @contextlib.contextmanager
     def booted(
-        self, purpose: str, disk: str, base: debian.BaseImage, keep: bool = False
+        self,
+        purpose: str,
+        disk: str,
+        base: debian.BaseImage,
+        keep: bool = False,
+        extra_nics: tuple[Nic, ...] = (),
     ):
         """Boot from *disk*, wait for SSH, yield the node; stop it even on failure.
 
         A disk to *keep* is powered off from inside, so it holds a clean
         filesystem; a throw-away one is simply stopped.
         """
-        spec = self.spec(purpose, disk, base)
+        spec = self.spec(purpose, disk, base, extra_nics)
         started = time.monotonic()
         guest = self.hypervisor.start(spec)
         self.accel = guest.accel
@@ -161,6 +175,7 @@ class GuestLab:
                 timeout=guest.accel.scaled(SSH_TIMEOUT),
                 known_host_key=base.host_key,
                 role=f"vm-debian-{purpose}",
+                system="linux",
             )
             self.timings[f"boot-{purpose}"] = round(time.monotonic() - started, 1)
             log.info("%s: SSH after %.0fs", guest.name, time.monotonic() - started)
@@ -172,7 +187,13 @@ class GuestLab:
                 node.close()
             guest.stop(timeout=self._scaled(POWEROFF_TIMEOUT) if keep else 0)
 
-    def spec(self, purpose: str, disk: str, base: debian.BaseImage) -> VmSpec:
+    def spec(
+        self,
+        purpose: str,
+        disk: str,
+        base: debian.BaseImage,
+        extra_nics: tuple[Nic, ...] = (),
+    ) -> VmSpec:
         os.makedirs(self.workdir, exist_ok=True)
         return VmSpec(
             name=f"vjlab-{self.run_id}-debian12-{purpose}",
@@ -185,6 +206,7 @@ class GuestLab:
             cmdline=base.cmdline,
             nics=(
                 Nic("user", forwards=((hypervisor.free_port(), 22),), net=SLIRP_NET),
+                *extra_nics,
             ),
             console_log=os.path.join(self.workdir, f"console-{purpose}.log"),
         )

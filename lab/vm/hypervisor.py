@@ -2,8 +2,8 @@
 
 ``select(uri).start(spec)`` returns a :class:`Guest`; nothing above this
 module knows which hypervisor runs it. :func:`leftovers` and :func:`remove`
-find and delete what a run left behind (guests, overlays, taps) by the
-run id its names carry, for the lab's reaper.
+find and delete what a run left behind (guests, overlays, taps, bridges,
+zvol clones) by the run id their names carry, for the lab's reaper.
 """
 
 import logging
@@ -104,12 +104,14 @@ def leftovers(run_id: str | None, libvirt_uris: tuple[str, ...] = ()) -> list[st
 
     Kinds: ``file`` (overlays, partial image builds, guest state under
     images/cache), ``domain`` (libvirt, for the URIs given), ``bhyve``
-    (VMs under /dev/vmm) and ``tap`` (FreeBSD taps described with the run
-    id). QEMU processes are not listed: they carry ``VJLAB_RUN`` in their
+    (VMs under /dev/vmm), ``tap`` and ``bridge`` (FreeBSD interfaces
+    described with the run id) and ``zvol`` (ZFS clones named with it).
+    QEMU processes are not listed: they carry ``VJLAB_RUN`` in their
     environment and the reaper already kills those. *run_id* None lists
-    every run's.
+    every run's. The order is the order of removal: a zvol is busy while
+    its bhyve VM lives.
     """
-    from lab.vm import bhyve, disks, libvirt_backend
+    from lab.vm import bhyve, disks, libvirt_backend, zfs_layers
 
     found = [f"file:{path}" for path in disks.tagged_files(run_id)]
     for uri in libvirt_uris:
@@ -118,6 +120,8 @@ def leftovers(run_id: str | None, libvirt_uris: tuple[str, ...] = ()) -> list[st
         ]
     found += [f"bhyve:{name}" for name in bhyve.tagged_vms(run_id)]
     found += [f"tap:{name}" for name in bhyve.tagged_taps(run_id)]
+    found += [f"bridge:{name}" for name in bhyve.tagged_bridges(run_id)]
+    found += [f"zvol:{name}" for name in zfs_layers.tagged_volumes(run_id)]
     return found
 
 
@@ -129,7 +133,7 @@ def run_of(item: str) -> str | None:
 
 def remove(item: str) -> None:
     """Remove one item of :func:`leftovers`."""
-    from lab.vm import bhyve, disks, libvirt_backend
+    from lab.vm import bhyve, disks, libvirt_backend, zfs_layers
 
     kind, _, what = item.partition(":")
     if kind == "file":
@@ -141,6 +145,10 @@ def remove(item: str) -> None:
         bhyve.destroy_vm(what)
     elif kind == "tap":
         bhyve.destroy_tap(what)
+    elif kind == "bridge":
+        bhyve.destroy_bridge(what)
+    elif kind == "zvol":
+        zfs_layers.destroy_volume(what)
     else:
         raise ValueError(f"leftover {item!r}: unknown kind {kind!r}")
     log.info("removed leftover %s", item)

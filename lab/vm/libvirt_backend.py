@@ -26,6 +26,7 @@ from lab.wait import WaitTimeout, wait_until
 log = logging.getLogger(__name__)
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+USER_NIC_FIRST_SLOT = 0x18
 INSTALL_HINT = (
     "apt-get install libvirt-dev pkg-config gcc python3-dev && "
     ".venv/bin/pip install libvirt-python"
@@ -145,12 +146,20 @@ def _socket_interface(name: str) -> ET.Element:
 
 
 def _user_nic_args(nics: tuple[Nic, ...]) -> list[str]:
+    """QEMU arguments for the ``user`` NICs libvirt cannot express.
+
+    libvirt addresses the PCI devices it knows and QEMU gives an unaddressed
+    one the first free slot, which is the one libvirt planned for its first
+    root port: the domain would not start. A slot of our own, far above
+    what libvirt uses on q35 and below the chipset's 0x1f, avoids that.
+    """
     args = []
     for index, nic in enumerate(nics):
         if nic.kind != "user":
             continue
         netdev = f"vjnet{index}"
-        device = f"virtio-net-pci,netdev={netdev}"
+        slot = USER_NIC_FIRST_SLOT + index
+        device = f"virtio-net-pci,netdev={netdev},bus=pcie.0,addr={slot:#x}"
         if nic.mac:
             device += f",mac={nic.mac}"
         args += ["-netdev", qemu._netdev(nic, netdev), "-device", device]

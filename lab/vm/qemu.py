@@ -146,7 +146,11 @@ def _nics(nics: tuple[Nic, ...]) -> list[str]:
 def _netdev(nic: Nic, netdev: str) -> str:
     if nic.kind == "user":
         # restrict=on: no route out of slirp; forwards bind 127.0.0.1 only.
-        options = [f"user,id={netdev}", "restrict=on"]
+        # An outbound NIC (provisioning) may reach package mirrors.
+        options = [
+            f"user,id={netdev}",
+            "restrict=off" if nic.outbound else "restrict=on",
+        ]
         if nic.net:
             options.append(f"net={nic.net}")
         options += [f"hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in nic.forwards]

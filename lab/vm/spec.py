@@ -33,7 +33,9 @@ class Nic:
     ``listen=``/``connect=``/``udp=``/``mcast=`` followed by an address.
     ``forwards`` are (host port on 127.0.0.1, guest port) pairs. ``net`` is
     the slirp network of a ``user`` NIC, e.g. ``198.51.100.128/25``; None
-    keeps the hypervisor's default.
+    keeps the hypervisor's default. ``outbound`` lets a ``user`` NIC open
+    connections to the outside (slirp unrestricted): only for provisioning
+    a guest that must fetch packages; cells never get it.
     """
 
     kind: str
@@ -41,12 +43,15 @@ class Nic:
     mac: str | None = None
     forwards: tuple[tuple[int, int], ...] = ()
     net: str | None = None
+    outbound: bool = False
 
     def __post_init__(self):
         if self.kind not in NIC_KINDS:
             raise SpecError(f"NIC kind {self.kind!r}: allowed {', '.join(NIC_KINDS)}")
         if self.mac is not None and not MAC_PATTERN.match(self.mac):
             raise SpecError(f"NIC mac {self.mac!r}: expected xx:xx:xx:xx:xx:xx")
+        if self.outbound and self.kind != "user":
+            raise SpecError(f"NIC kind {self.kind!r}: only 'user' NICs are outbound")
         if self.forwards and self.kind != "user":
             raise SpecError(f"NIC kind {self.kind!r}: only 'user' NICs forward ports")
         for pair in self.forwards:

@@ -65,14 +65,20 @@ class SSHNode(Node):
         user: str,
         key_path: str,
         known_host_key: str | None = None,
+        system: str = "freebsd",
     ):
         super().__init__(role=role, run_id=run_id)
+        self.system = system  # what runs there: "freebsd" or "linux"
         self.host = host
         self.port = port
         self.user = user
         self.key_path = key_path
         self.known_host_key = known_host_key
         self._client: paramiko.SSHClient | None = None
+
+    def guest_path(self, path: str) -> str:
+        """*path* as the guest's own root sees it (a jail node shifts it)."""
+        return path
 
     @property
     def address(self) -> str:
@@ -265,6 +271,7 @@ def wait_for_ssh(
     timeout: float,
     known_host_key: str | None = None,
     role: str | None = None,
+    system: str = "freebsd",
 ) -> SSHNode:
     """Poll until *guest* accepts a login; return the logged-in node.
 
@@ -273,7 +280,7 @@ def wait_for_ssh(
     """
     run_id = runid.run_of_namespace(guest.name) or ""
     node = SSHNode(
-        role or guest.name, run_id, host, port, user, key_path, known_host_key
+        role or guest.name, run_id, host, port, user, key_path, known_host_key, system
     )
     what = f"{guest.name}: ssh {node.address}"
     last = {"error": "no attempt yet"}

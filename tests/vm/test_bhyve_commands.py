@@ -153,3 +153,56 @@ def test_leftover_vms_are_read_from_dev_vmm(monkeypatch, tmp_path):
     monkeypatch.setattr(bhyve, "VMM_DIR", str(tmp_path))
     assert bhyve.tagged_vms(RUN) == [NAME]
     assert bhyve.tagged_vms("20261204-000000-beef") == []
+
+
+def test_bridge_commands():
+    assert bhyve.bridge_create_argv() == ["/sbin/ifconfig", "bridge", "create"]
+    assert bhyve.bridge_commands("bridge3", f"vjlab-{RUN}-1a2b3c4d-wan") == [
+        ["/sbin/ifconfig", "bridge3", "description", f"vjlab-{RUN}-1a2b3c4d-wan"],
+        ["/sbin/ifconfig", "bridge3", "up"],
+    ]
+    assert bhyve.bridge_destroy_argv("bridge3") == [
+        "/sbin/ifconfig",
+        "bridge3",
+        "destroy",
+    ]
+
+
+def test_bridge_descriptions_are_read_from_ifconfig():
+    assert bhyve.parse_descriptions(IFCONFIG_A, "bridge") == {"bridge0": "lab bridge"}
+
+
+def test_no_bridges_listed_off_freebsd(monkeypatch):
+    monkeypatch.setattr(bhyve.platform, "system", lambda: "Linux")
+    assert bhyve.tagged_bridges(RUN) == []
+
+
+def test_leftover_bridges_and_taps_on_freebsd(monkeypatch):
+    listing = IFCONFIG_A + f"bridge4: flags=8843<UP> mtu 1500\n\tdescription: {NAME}\n"
+    destroyed = []
+
+    def run(argv, where="root", check=True, **_):
+        if argv[-1] == "destroy":
+            destroyed.append(argv)
+        return bhyve.command.Result(where, tuple(argv), 0, listing, "", 0.0)
+
+    monkeypatch.setattr(bhyve.platform, "system", lambda: "FreeBSD")
+    monkeypatch.setattr(bhyve.shutil, "which", lambda tool: f"/sbin/{tool}")
+    monkeypatch.setattr(bhyve.command, "run", run)
+
+    assert bhyve.tagged_bridges(RUN) == [f"bridge4|{NAME}"]
+    assert bhyve.tagged_taps(RUN) == [f"tap7|{NAME}"]
+    bhyve.destroy_bridge(f"bridge4|{NAME}")
+    assert destroyed == [["/sbin/ifconfig", "bridge4", "destroy"]]
+
+
+def test_an_outbound_slirp_nic_is_opened_and_keeps_its_forwards():
+    nic = Nic("user", forwards=((40022, 22),), outbound=True)
+
+    assert bhyve._slirp(nic) == "slirp,open,hostfwd=tcp:127.0.0.1:40022-:22"
+    assert bhyve._slirp(Nic("user")) == "slirp"
+
+
+def test_only_a_user_nic_can_be_outbound():
+    with pytest.raises(SpecError, match="only 'user' NICs are outbound"):
+        Nic("tap", outbound=True)

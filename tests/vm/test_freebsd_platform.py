@@ -1,12 +1,10 @@
 """lab/platforms/freebsd.py: the pieces that need no guest to be checked.
 
 No guest boots and no namespace is made: commands are compared as lists,
-the layer cache runs in tmp_path, and the relay's pieces are checked
-without opening a tap.
+and the layer cache runs in tmp_path.
 """
 
 import io
-import struct
 
 import pytest
 
@@ -16,6 +14,7 @@ from lab.outcome import Outcome
 from lab.platforms import freebsd
 from lab.vm import freebsd_provision as fp
 from lab.vm import images
+from lab.vm.guest_charon import GuestCharon
 from lab.vm.spec import Nic
 from lab.vm.ssh import SSHNode
 from vpnjail.profile import Profile
@@ -48,30 +47,7 @@ def test_jail_node_maps_paths_below_its_root(jail_node):
     assert jail_node.guest_path("/run/charon.vici") == (
         "/var/db/vjlab/jails/lab/run/charon.vici"
     )
-    assert freebsd.guest_path(jail_node, "/run/x") == "/var/db/vjlab/jails/lab/run/x"
     assert jail_node.prefix()[-2:] == ["root@127.0.0.1", "--"]
-
-
-def test_charon_runs_under_daemon_with_its_config_in_run():
-    assert freebsd.start_argv() == [
-        "daemon", "-P", "/run/daemon-charon.pid", "-o", "/run/charon.out",
-        "env", "STRONGSWAN_CONF=/run/strongswan.conf",
-        "/usr/local/libexec/ipsec/charon",
-    ]  # fmt: skip
-
-
-def test_vici_is_forwarded_as_a_unix_socket(jail_node):
-    argv = freebsd.vici_forward_argv(
-        jail_node, "/run/vjlab/x/charon.vici", "/var/db/vjlab/jails/lab/run/charon.vici"
-    )
-
-    assert argv[:5] == ["ssh", "-i", "/k/lab_ed25519", "-p", "2222"]
-    assert argv[-5:] == [
-        "-o", "StreamLocalBindUnlink=yes",
-        "-L", "/run/vjlab/x/charon.vici:/var/db/vjlab/jails/lab/run/charon.vici",
-        "root@127.0.0.1",
-    ]  # fmt: skip
-    assert "-N" in argv and "ExitOnForwardFailure=yes" in argv and "--" not in argv
 
 
 def test_charon_factory_picks_by_node(platform, jail_node, tmp_path):
@@ -81,13 +57,13 @@ def test_charon_factory_picks_by_node(platform, jail_node, tmp_path):
     guest = platform.charon(Stack(jail_node, str(tmp_path), "rs5"))
     linux = platform.charon(Stack(NetnsNode("gw", RUN, netns="n"), str(tmp_path), "x"))
 
-    assert isinstance(guest, freebsd.GuestCharon)
+    assert isinstance(guest, GuestCharon)
     assert guest.vici_socket == str(tmp_path / "charon.vici")
     assert isinstance(linux, Charon)
 
 
 def test_guest_config_is_rendered_locally_for_evidence(jail_node, tmp_path):
-    charon = freebsd.GuestCharon(jail_node, str(tmp_path / "jail"), RUN)
+    charon = GuestCharon(jail_node, str(tmp_path / "jail"), RUN)
 
     path = charon.write_config({"load_modular": "no", "plugins": {"vici": {}}})
 
@@ -215,19 +191,6 @@ def test_guest_nics_are_a_local_forward_and_the_relay_socket():
     assert wan.name == "udp=127.0.0.1:40001,localaddr=127.0.0.1:40002"
 
 
-def test_relay_pieces():
-    request = freebsd.tap_request("host0")
-
-    assert len(request) == 18
-    assert struct.unpack("16sH", request) == (b"host0" + b"\0" * 11, 0x1002)
-    with pytest.raises(ValueError):
-        freebsd.tap_request("a-name-far-too-long")
-    argv = freebsd.relay_argv("vjlab-x-wan", "host0", 40001, 40002)
-    assert argv[2:7] == [__import__("sys").executable, "-m", "lab.platforms.freebsd",
-                         "relay", "--netns"]  # fmt: skip
-    assert argv[-6:] == ["--tap", "host0", "--listen", "40001", "--peer", "40002"]
-
-
 def test_the_layer_is_keyed_and_reused(platform, monkeypatch):
     made = []
 
@@ -248,13 +211,21 @@ def test_the_layer_is_keyed_and_reused(platform, monkeypatch):
     assert platform.public_key().startswith("ssh-ed25519 ")
 
 
-def test_bhyve_hosts_are_refused_before_anything_is_built(tmp_path):
+def test_bhyve_hosts_need_a_zfs_dataset_before_anything_is_built(tmp_path):
     settings = freebsd.Settings(images={}, hypervisor="bhyve", cache=tmp_path)
-    platform = freebsd.FreeBSDPlatform(settings)
+
+    with pytest.raises(ValueError, match="--zfs-dataset"):
+        freebsd.FreeBSDPlatform(settings)
+
+
+def test_under_qemu_the_world_is_namespaces_and_a_relayed_guest(platform, tmp_path):
     world = platform._world(RUN, str(tmp_path / "rt"), "x")
 
-    with pytest.raises(RuntimeError, match="Linux host with QEMU"):
-        platform._boot_guest(world, cell())
+    assert {role: type(node) for role, node in world.nodes.items()} == {
+        role: NetnsNode for role in ("lan", "gw", "wan")
+    }
+    assert platform._mgmt_nic(2222) == freebsd._mgmt_nic(2222)
+    assert platform._mgmt_nic(2222).net == "198.51.100.192/26"
 
 
 def test_availability_skips_with_the_command_and_never_downloads_by_default(tmp_path):
@@ -297,3 +268,48 @@ def test_teardown_of_a_world_that_never_got_built_reports_nothing(platform, tmp_
 
     assert platform.teardown(world) == []
     assert not (tmp_path / "rt").joinpath(world.runtime_dir).exists()
+
+
+def test_only_the_provisioning_boot_may_reach_out(platform, monkeypatch, tmp_path):
+    from lab.vm import qemu
+
+    started = []
+
+    class Stop(Exception):
+        pass
+
+    def start(spec):
+        started.append(spec)
+        raise Stop
+
+    monkeypatch.setattr(platform._hypervisor, "start", start)
+    monkeypatch.setattr(platform, "_seed", lambda *a: None)
+    world = platform._world(RUN, str(tmp_path), "prov")
+    with pytest.raises(Stop):
+        platform._provision_guest(
+            platform.settings.images["15.0"], "pkg", "", f"vjlab-{RUN}-prov",
+            str(tmp_path / "d.qcow2"), "qcow2", world,
+        )  # fmt: skip
+
+    nic = started[0].nics[0]
+    assert nic.outbound
+    assert "restrict=off" in qemu._netdev(nic, "net0")
+    assert "restrict=on" in qemu._netdev(freebsd._mgmt_nic(2222), "net0")
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [None, "qemu", "libvirt:qemu:///system", "libvirt:qemu:///system?socket=/s"],
+)
+def test_local_hypervisors_are_accepted(uri):
+    freebsd._check_local_libvirt(uri)
+
+
+def test_a_remote_libvirt_host_is_refused_in_one_line():
+    with pytest.raises(ValueError) as caught:
+        freebsd._check_local_libvirt("libvirt:qemu+ssh://lab@192.0.2.10/system")
+
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("--hypervisor/--vm-hosts libvirt:qemu+ssh://lab@")
+    assert "local libvirt URI" in message

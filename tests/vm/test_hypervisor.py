@@ -79,3 +79,37 @@ def test_run_of_reads_every_kind_of_item():
 def test_removing_an_unknown_kind_is_an_error():
     with pytest.raises(ValueError, match="unknown kind 'vm'"):
         hypervisor.remove("vm:something")
+
+
+def test_bridges_and_zvols_are_leftovers_of_their_run():
+    assert hypervisor.run_of(f"bridge:bridge4|vjlab-{RUN}-1a2b3c4d-wan") == RUN
+    assert hypervisor.run_of(f"zvol:tank/vjlab/vjlab-{RUN}-1a2b3c4d-guest") == RUN
+    assert hypervisor.run_of("zvol:tank/vjlab/freebsd-15.0-pkg-0123abcd") is None
+
+
+def test_leftovers_lists_bridges_then_zvols_and_removes_each(monkeypatch, tmp_path):
+    from lab.vm import zfs_layers
+
+    monkeypatch.setattr(disks, "CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(disks, "OVERLAY_DIR", str(tmp_path / "overlays"))
+    monkeypatch.setattr(bhyve, "tagged_vms", lambda run: [f"vjlab-{run}-g"])
+    monkeypatch.setattr(bhyve, "tagged_taps", lambda run: [])
+    monkeypatch.setattr(bhyve, "tagged_bridges", lambda run: [f"bridge4|vjlab-{run}-w"])
+    monkeypatch.setattr(
+        zfs_layers, "tagged_volumes", lambda run: [f"tank/vjlab/vjlab-{run}-g"]
+    )
+    removed = []
+    monkeypatch.setattr(bhyve, "destroy_bridge", removed.append)
+    monkeypatch.setattr(zfs_layers, "destroy_volume", removed.append)
+
+    found = hypervisor.leftovers(RUN)
+
+    # A zvol is busy while its VM lives: VMs come first, zvols last.
+    assert found == [
+        f"bhyve:vjlab-{RUN}-g",
+        f"bridge:bridge4|vjlab-{RUN}-w",
+        f"zvol:tank/vjlab/vjlab-{RUN}-g",
+    ]
+    for item in found[1:]:
+        hypervisor.remove(item)
+    assert removed == [f"bridge4|vjlab-{RUN}-w", f"tank/vjlab/vjlab-{RUN}-g"]

@@ -113,7 +113,7 @@ def test_user_nic_goes_to_qemu_restricted_and_on_loopback():
         "-netdev",
         "user,id=vjnet0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22",
         "-device",
-        "virtio-net-pci,netdev=vjnet0",
+        "virtio-net-pci,netdev=vjnet0,bus=pcie.0,addr=0x18",
     ]
     assert root.find("devices/interface") is None
 

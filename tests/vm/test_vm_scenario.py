@@ -27,6 +27,25 @@ def test_everything_present_means_no_skip(monkeypatch):
 
 
 def test_both_flavours_write_their_own_report_directory():
-    assert scenario.FLAVOURS["qemu"] == (None, "vm-debian")
-    uri, folder = scenario.FLAVOURS["libvirt"]
-    assert uri.startswith("libvirt:") and folder == "vm-debian-libvirt"
+    assert scenario.FOLDERS == {"qemu": "vm-debian", "libvirt": "vm-debian-libvirt"}
+
+
+class Options:
+    def __init__(self, hosts: str):
+        self.hosts = hosts
+
+    def getoption(self, name):
+        assert name == "vm_hosts"
+        return self.hosts
+
+
+def test_libvirt_hosts_come_from_the_option_then_the_environment(monkeypatch):
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    monkeypatch.setattr(scenario, "LIBVIRT_URI", "qemu+ssh://a/system")
+    two = Options("qemu+ssh://h1/system,qemu+ssh://h2/system")
+
+    assert scenario._chosen_libvirt_uri(two) == "libvirt:qemu+ssh://h2/system"
+    assert scenario._chosen_libvirt_uri(Options("")) == "libvirt:qemu+ssh://a/system"
+    monkeypatch.setattr(scenario, "LIBVIRT_URI", None)
+    # Neither: the scenario starts a private libvirtd.
+    assert scenario._chosen_libvirt_uri(Options("")) is None
