@@ -36,6 +36,7 @@ teardown takes everything with it. Disks are ZFS clones of kept snapshots
 destroyed at teardown. This path has never run on a real FreeBSD host.
 """
 
+import contextlib
 import datetime
 import functools
 import hashlib
@@ -769,21 +770,17 @@ class FreeBSDPlatform(Platform):
     def _provision(
         self, image: images.Image, build: str, branch: str, layer: Path
     ) -> None:
-        run_id = runid.new_run_id()
-        name = f"{runid.namespace_prefix(run_id)}provision-{image.version}-{build}"
-        scratch = os.path.join(disks.OVERLAY_DIR, f"{name}.qcow2")
-        folder = runid.runtime_dir(run_id)
-        os.makedirs(folder, exist_ok=True)
-        disks.overlay(str(image.path), scratch, image.format)
-        world = GuestWorld(None, {}, None, None, folder)
-        try:
-            self._provision_guest(image, build, branch, name, scratch, "qcow2", world)
-        except Exception:
-            if os.path.exists(scratch):
-                os.remove(scratch)
-            raise
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        with _provisioning(image, build) as (name, world):
+            scratch = os.path.join(disks.OVERLAY_DIR, f"{name}.qcow2")
+            disks.overlay(str(image.path), scratch, image.format)
+            try:
+                self._provision_guest(
+                    image, build, branch, name, scratch, "qcow2", world
+                )
+            except Exception:
+                if os.path.exists(scratch):
+                    os.remove(scratch)
+                raise
         layer.parent.mkdir(parents=True, exist_ok=True)
         os.replace(scratch, layer)
 
@@ -791,26 +788,20 @@ class FreeBSDPlatform(Platform):
         self, image: images.Image, build: str, branch: str, base: str, layer: str
     ) -> None:
         """Provision a run-tagged clone of *base*, then publish it as *layer*."""
-        run_id = runid.new_run_id()
-        name = f"{runid.namespace_prefix(run_id)}provision-{image.version}-{build}"
-        scratch = zfs_layers.run_volume(self.settings.zfs_dataset, name)
-        folder = runid.runtime_dir(run_id)
-        os.makedirs(folder, exist_ok=True)
-        world = GuestWorld(None, {}, None, None, folder)
-        try:
-            for argv in zfs_layers.clone_commands(base, scratch):
-                command.run(argv, where=name)
-            disk = zvol_ready(scratch)
-            self._provision_guest(image, build, branch, name, disk, "raw", world)
-            for argv in zfs_layers.publish_commands(
-                scratch, layer, zfs_layers.LAYER_SNAPSHOT
-            ):
-                command.run(argv, where=name)
-        except Exception:
-            _destroy_volume(name, scratch)
-            raise
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        with _provisioning(image, build) as (name, world):
+            scratch = zfs_layers.run_volume(self.settings.zfs_dataset, name)
+            try:
+                for argv in zfs_layers.clone_commands(base, scratch):
+                    command.run(argv, where=name)
+                disk = zvol_ready(scratch)
+                self._provision_guest(image, build, branch, name, disk, "raw", world)
+                for argv in zfs_layers.publish_commands(
+                    scratch, layer, zfs_layers.LAYER_SNAPSHOT
+                ):
+                    command.run(argv, where=name)
+            except Exception:
+                _destroy_volume(name, scratch)
+                raise
 
     def _provision_guest(
         self, image, build, branch, name, disk, disk_format, world
@@ -1035,6 +1026,19 @@ def _image_identity(image: images.Image) -> str:
         return f"sha512:{image.digest}"
     stat = os.stat(image.path)
     return f"{image.path}:{stat.st_size}:{int(stat.st_mtime)}"
+
+
+@contextlib.contextmanager
+def _provisioning(image: images.Image, build: str):
+    """A run of its own for one provisioning boot: its guest name and world."""
+    run_id = runid.new_run_id()
+    name = f"{runid.namespace_prefix(run_id)}provision-{image.version}-{build}"
+    folder = runid.runtime_dir(run_id)
+    os.makedirs(folder, exist_ok=True)
+    try:
+        yield name, GuestWorld(None, {}, None, None, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _check_local_libvirt(hypervisor: str | None) -> None:

@@ -63,16 +63,19 @@ class LocalPlatform(Platform):
     def build(
         self, cell: Cell, run_id: str, runtime_dir: str, label: str | None = None
     ) -> World:
+        label = label or cell.slug
         if self.responder == "vm":
-            return self._build_relayed(cell, run_id, runtime_dir, label)
-        world = self._world(topology.CELL, run_id, runtime_dir, label or cell.slug)
-        world.cell = cell
+            world = self._relayed_world(cell, run_id, runtime_dir, label)
+        else:
+            world = self._world(topology.CELL, run_id, runtime_dir, label)
+            world.cell = cell
+        skip = VM_ROLES if self.responder == "vm" else ()
         try:
-            self._build_network(world, topology.CELL, cell["nat"])
+            self._build_network(world, topology.CELL, cell["nat"], skip=skip)
             world.node("host").run(
                 ["nft", "-f", "-"], input_text=firewall.render_nft(run_id, cell["nat"])
             )
-            world.responder = self._stack(world, "gw", "tun-visible")
+            world.responder = self._responder_stack(world)
             client_role = "jail" if cell["isolation"] == "jail" else "host"
             world.client = self._stack(world, client_role, cell["devices"])
         except Exception:
@@ -80,29 +83,25 @@ class LocalPlatform(Platform):
             raise
         return world
 
-    def _build_relayed(self, cell, run_id, runtime_dir, label) -> RelayedWorld:
+    def _relayed_world(self, cell, run_id, runtime_dir, label) -> RelayedWorld:
+        """The cell's world with ``lan`` and ``gw`` the responder VM's node."""
         guest = self._responder_guest(run_id)
         guest.reset(cell["nat"])
-        base = self._world(topology.CELL, run_id, runtime_dir, label or cell.slug)
+        base = self._world(topology.CELL, run_id, runtime_dir, label)
         names = {r: n for r, n in base.names.items() if r not in VM_ROLES}
         nodes = {r: n for r, n in base.nodes.items() if r not in VM_ROLES}
         nodes.update({role: guest.node for role in VM_ROLES})
         world = RelayedWorld(cell, nodes, None, None, base.runtime_dir, names)
         os.makedirs(world.runtime_dir, exist_ok=True)
-        try:
-            self._build_network(world, topology.CELL, cell["nat"], skip=VM_ROLES)
-            world.node("host").run(
-                ["nft", "-f", "-"], input_text=firewall.render_nft(run_id, cell["nat"])
-            )
-            run_dir = os.path.join(world.runtime_dir, "gw")
-            world.responder = Stack(guest.node, run_dir, "tun-visible")
-            world.stacks["gw"] = world.responder
-            client_role = "jail" if cell["isolation"] == "jail" else "host"
-            world.client = self._stack(world, client_role, cell["devices"])
-        except Exception:
-            self.teardown(world)
-            raise
         return world
+
+    def _responder_stack(self, world: World) -> Stack:
+        if self.responder != "vm":
+            return self._stack(world, "gw", "tun-visible")
+        node = world.node("gw")
+        stack = Stack(node, os.path.join(world.runtime_dir, "gw"), "tun-visible")
+        world.stacks["gw"] = stack
+        return stack
 
     def _responder_guest(self, run_id: str) -> responder_guest.ResponderGuest:
         if self._guest is None:
