@@ -210,12 +210,18 @@ def _reproduce(cell: dict, run: dict) -> str:
             f"-k '{backend}/{axes['devices']}'"
         )
     selection = " ".join(f"--axis {k}={v}" for k, v in axes.items())
+    responder = run.get("responder", "namespaces")
+    placement = f" --responder {responder}" if responder != "namespaces" else ""
     return (
         f"./scripts/setup && .venv/bin/python -m lab run "
-        f"--platform {run.get('platform', 'local')} --cells full {selection}"
+        f"--platform {run.get('platform', 'local')}{placement} --cells full {selection}"
     )
 
 
+RESPONDERS = {
+    "namespaces": "strongSwan in network namespaces of the lab's machine",
+    "vm": "strongSwan in the lab's Debian 12 guest (kernel-netlink)",
+}
 TRACKERS = {
     "freebsd": "FreeBSD Bugzilla (https://bugs.freebsd.org/), component kern",
     "strongswan": "strongSwan issues (https://github.com/strongswan/strongswan/issues)",
@@ -261,6 +267,7 @@ def _environment(run: dict, facts: dict) -> dict:
         "strongSwan": facts.get("strongswan", "?"),
         "charon plugins": facts.get("plugins", "?"),
         "platform": run.get("platform", "?"),
+        "responder": RESPONDERS.get(run.get("responder", "namespaces"), "?"),
     }
     for name, answer in sorted((run.get("capabilities") or {}).items()):
         env[f"capability {name}"] = (

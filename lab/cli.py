@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
         default="namespaces",
         help="vm: the responder side in a Debian guest whose kernel has ESP",
     )
+    run.add_argument(
+        "--hypervisor", help="for guests: qemu (default), libvirt:URI or bhyve"
+    )
     run.add_argument("--workers", default="2", help="pytest-xdist workers")
     run.add_argument("pytest_args", nargs="*", help="passed to pytest after --")
     run.set_defaults(handler=_run)
@@ -109,6 +112,8 @@ def _run(args) -> int:
         "--responder",
         args.responder,
     ]
+    if args.hypervisor:
+        pytest_args += ["--hypervisor", args.hypervisor]
     for spec in args.axis:
         pytest_args += ["--axis", spec]
     started = time.time()

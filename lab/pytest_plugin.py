@@ -107,6 +107,7 @@ def pytest_configure(config):
     except schema.FixtureError as exc:
         raise pytest.UsageError(f"bad fixture:\n{exc}") from None
     axis_selection(config)  # a bad --axis stops the run before collection
+    check_vm_options(config)
     if workerinput is not None:
         # xdist workers re-parse the command line; the allure directory
         # chosen by the controller has to be handed over explicitly.
@@ -119,6 +120,36 @@ def pytest_configure(config):
             config.option.allure_report_dir = os.path.join(
                 config.vjlab_run_dir, "allure"
             )
+
+
+def check_vm_options(config) -> None:
+    """--hypervisor, --vm-hosts and --zfs-dataset, once, before anything is made."""
+    from lab.vm import hypervisor
+
+    chosen = config.getoption("hypervisor")
+    try:
+        hypervisor.select(chosen)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--hypervisor: {exc}") from None
+    for host in filter(None, config.getoption("vm_hosts").split(",")):
+        if host.startswith("libvirt:") or "://" not in host:
+            raise pytest.UsageError(
+                f"--vm-hosts {host}: expected libvirt URIs without a prefix, "
+                "e.g. qemu:///system,qemu+ssh://lab@192.0.2.10/system"
+            )
+    dataset = config.getoption("zfs_dataset")
+    if chosen == "bhyve":
+        from lab.platforms import freebsd
+
+        try:
+            freebsd.check_bhyve_settings(dataset)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    if dataset and chosen != "bhyve":
+        raise pytest.UsageError(
+            f"--zfs-dataset {dataset}: only bhyve uses it; add --hypervisor bhyve "
+            "or drop the option"
+        )
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -250,6 +281,12 @@ def pytest_sessionfinish(session, exitstatus):
         if not line.startswith("directory"):
             log.warning("left behind by this run, removed: %s", line)
     scrub_allure(config)
+    # Every session's evidence is scanned, also one that judged no cell
+    # (a VM scenario run alone keeps evidence too).
+    leaks = secret_leaks(config.vjlab_run_dir, config.vjlab_config)
+    if leaks:
+        log.error("secrets found in the report: %s", "; ".join(leaks))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     records = results.collect(config.vjlab_run_dir)
     if not records:
         return
@@ -264,10 +301,7 @@ def pytest_sessionfinish(session, exitstatus):
     }
     run.update(_run_facts(config.vjlab_run_dir))
     run["interrupted"] = exitstatus == pytest.ExitCode.INTERRUPTED
-    leaks = secret_leaks(config.vjlab_run_dir, config.vjlab_config)
     if leaks:
-        log.error("secrets found in the report: %s", "; ".join(leaks))
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
         run["secret_leaks"] = leaks
     results.write_results(config.vjlab_run_dir, run, records)
     if config.getoption("record"):
@@ -288,6 +322,14 @@ def record_observed(config, records: list[dict]) -> None:
         "expectations"
     ]
     versions = record.versions_from_evidence(config.vjlab_run_dir, {"cells": cells})
+    # Outcomes are the client's, but a rule says which responder judged it.
+    responder = (
+        "a FreeBSD VM (kernel-pfkey)"
+        if config.getoption("hypervisor") == "bhyve"
+        else "Linux namespaces"
+    )
+    for cell in cells:
+        versions.setdefault(cell["id"], {})["responder"] = responder
     record.record({"cells": cells}, path, versions)
 
 

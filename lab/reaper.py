@@ -63,8 +63,7 @@ def reap(run_id: str | None = None, force: bool = False) -> list[str]:
 
 def _reap_vm_leftovers(wanted) -> list[str]:
     """Overlays, partial image builds, libvirt domains, bhyve VMs, taps,
-    bridges and zvol clones; QEMU processes carry the run's tag and go with
-    the other processes."""
+    bridges and zvol clones; QEMU processes go with the other processes."""
     from lab.vm import hypervisor
 
     removed = []
@@ -88,6 +87,9 @@ def _reap_processes(wanted) -> list[str]:
 
 
 def tagged_processes() -> list[tuple[int, str]]:
+    """(pid, run) of every process carrying a run: by its environment, or,
+    for a QEMU that libvirtd started with an environment of its own, by the
+    guest name on its command line."""
     found = []
     marker = f"{runid.ENV_VAR}=".encode()
     for entry in os.listdir("/proc"):
@@ -96,12 +98,32 @@ def tagged_processes() -> list[tuple[int, str]]:
         try:
             with open(f"/proc/{entry}/environ", "rb") as src:
                 env = src.read().split(b"\0")
+            with open(f"/proc/{entry}/cmdline", "rb") as src:
+                argv = src.read().split(b"\0")
         except OSError:
             continue
-        for item in env:
-            if item.startswith(marker):
-                found.append((int(entry), item[len(marker) :].decode(errors="replace")))
+        run = _run_in_env(env, marker) or guest_run(argv)
+        if run:
+            found.append((int(entry), run))
     return found
+
+
+def _run_in_env(env: list[bytes], marker: bytes) -> str | None:
+    for item in env:
+        if item.startswith(marker):
+            return item[len(marker) :].decode(errors="replace")
+    return None
+
+
+def guest_run(argv: list[bytes]) -> str | None:
+    """The run of a QEMU whose ``-name guest=vjlab-<run>-...`` says it."""
+    if not argv or not os.path.basename(argv[0]).startswith(b"qemu-system"):
+        return None
+    for flag, value in zip(argv, argv[1:]):
+        if flag == b"-name":
+            name = value.decode(errors="replace").split(",")[0]
+            return runid.run_of_namespace(name.removeprefix("guest="))
+    return None
 
 
 def _cmdline(pid: int) -> str:

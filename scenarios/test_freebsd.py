@@ -25,8 +25,7 @@ from lab import results, runid
 from lab.capabilities import values
 from lab.evidence import EvidenceDir
 from lab.expectations import expected
-from lab.platforms.base import Platform
-from lab.platforms.freebsd import FreeBSDPlatform, Settings
+from lab.platforms.freebsd import FreeBSDPlatform, Settings, check_local_libvirt
 from lab.pytest_plugin import debug_log, selected_cells
 from lab.vm import images, placement
 
@@ -97,31 +96,39 @@ def freebsd_log(freebsd_run, freebsd_cell):
 
 @pytest.fixture
 def freebsd_platform(request, freebsd_run, freebsd_cell):
+    # Settings that cannot work fail before any image is looked for.
+    hypervisor, problem = _hypervisor_for_worker(request.config)
+    if problem:
+        pytest.fail(problem, pytrace=False)
     image = image_for(request.config, freebsd_run, freebsd_cell["freebsd"])
-    if freebsd_cell["client"] == "charon" and not hasattr(Platform, "charon"):
-        pytest.fail(
-            "lab/cell.py does not yet start charon through the platform "
-            "(Platform.charon and friends; see docs/freebsd-lab.md)",
-            pytrace=False,
-        )
     settings = Settings(
         images={image.version: image},
-        hypervisor=_hypervisor_for_worker(request.config),
+        hypervisor=hypervisor,
         zfs_dataset=request.config.getoption("zfs_dataset", default=None),
     )
     try:
         return FreeBSDPlatform(settings)
     except ValueError as exc:  # a setting that cannot work: one line, no trace
-        pytest.fail(str(exc), pytrace=False)
+        problem = str(exc)
+    pytest.fail(problem, pytrace=False)
 
 
-def _hypervisor_for_worker(config) -> str | None:
-    """--hypervisor, or this xdist worker's share of --vm-hosts."""
+def _hypervisor_for_worker(config) -> tuple[str | None, str | None]:
+    """--hypervisor, or this xdist worker's share of --vm-hosts; or a problem.
+
+    Every host is checked, not only this worker's: a list that cannot work
+    should fail the same way whatever the number of workers.
+    """
     hosts = [h for h in config.getoption("vm_hosts", default="").split(",") if h]
     if not hosts:
-        return config.getoption("hypervisor", default=None)
+        return config.getoption("hypervisor", default=None), None
+    try:
+        for host in hosts:
+            check_local_libvirt(f"libvirt:{host}")
+    except ValueError as exc:
+        return None, str(exc)
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    return f"libvirt:{placement.host_for_worker(hosts, worker)}"
+    return f"libvirt:{placement.host_for_worker(hosts, worker)}", None
 
 
 @pytest.fixture

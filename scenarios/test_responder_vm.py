@@ -70,6 +70,17 @@ def _run_and_check(platform, lab_run, cell) -> list[str]:
 
     want = expected(lab.expectations, cell, probed)
     got = str(report.outcome)
+    evidence.write_json(
+        "outcome.json",
+        {
+            "cell": cell.id,
+            "responder": "vm",
+            "expected": str(want.outcome) if want else None,
+            "outcome": got,
+            "detail": report.outcome.detail,
+            "seconds": round(seconds, 2),
+        },
+    )
     if want is None or got != str(want.outcome):
         return [
             f"{cell.id} against the responder VM: expected "

@@ -127,7 +127,13 @@ def _private_libvirtd(run_id: str):
             f"no private libvirtd possible: {problem}"
         )
     daemon = libvirt_daemon.PrivateLibvirtd(run_id)
-    return daemon, f"libvirt:{daemon.start()}"
+    try:
+        uri = daemon.start()
+    except RuntimeError as exc:
+        failure = str(exc)
+    else:
+        return daemon, f"libvirt:{uri}"
+    pytest.fail(failure, pytrace=False)
 
 
 def test_debian_guest_runs_the_linux_cells(debian_lab, flavour, report_dir):

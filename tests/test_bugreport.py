@@ -122,3 +122,17 @@ def test_freebsd_sad_failure_goes_to_freebsd_bugzilla():
             "outcome": "SAD_INSTALL_FAILED(EINVAL)"}  # fmt: skip
     assert bugreport.default_tracker(cell, {"platform": "freebsd"}) == "freebsd"
     assert bugreport.default_tracker(FAILED, RUN) == "strongswan"
+
+
+@pytest.mark.parametrize(
+    ("responder", "flag", "said"),
+    [("namespaces", "", "network namespaces"), ("vm", " --responder vm", "Debian 12")],
+)
+def test_the_reproduce_command_keeps_where_the_responder_ran(responder, flag, said):
+    cell = {"id": "local/jail/netlink/tun-visible/nat/good", "axes": {"nat": "nat"}}
+    run = {"platform": "local", "responder": responder}
+
+    assert bugreport._reproduce(cell, run).endswith(
+        f"lab run --platform local{flag} --cells full --axis nat=nat"
+    )
+    assert said in bugreport._environment(run, {})["responder"]

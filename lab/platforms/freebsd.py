@@ -7,8 +7,9 @@ On a Linux host (QEMU or libvirt)::
                            relay: the wan's tap <-> the guest's vtnet1
 
 The responder side is the local lab's: ``lan``, ``gw`` (the FortiGate-like
-responder in a sandbox) and ``wan`` are Linux network namespaces, so the
-responder is the same in every cell and on every platform. ``host`` is the
+responder in a sandbox) and ``wan`` are Linux network namespaces, so on
+a Linux host the responder is the same in every cell and on every
+platform. ``host`` is the
 guest itself (its pf NATs and forwards) and ``jail`` a classic or vnet
 jail in it, per the cell's isolation; commands reach them over SSH and
 ``jexec``. The guest's wan NIC is a QEMU UDP socket; a relay process,
@@ -190,7 +191,7 @@ class FreeBSDPlatform(Platform):
         self._bhyve = self._hypervisor.name == "bhyve"
         if self._bhyve:
             _check_bhyve_settings(settings)
-        _check_local_libvirt(settings.hypervisor)
+        check_local_libvirt(settings.hypervisor)
 
     # -- the Platform interface -------------------------------------------------
 
@@ -1041,7 +1042,7 @@ def _provisioning(image: images.Image, build: str):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _check_local_libvirt(hypervisor: str | None) -> None:
+def check_local_libvirt(hypervisor: str | None) -> None:
     """A guest on another libvirt host is out of reach of this machine's wan
     namespace (its relay) and of its SSH forward on 127.0.0.1 there."""
     if not hypervisor or not hypervisor.startswith("libvirt:"):
@@ -1171,13 +1172,27 @@ def probe_outcome(returncode: int, report: dict | None, stderr: str) -> Outcome:
 
 
 def _check_bhyve_settings(settings: Settings) -> None:
-    if not settings.zfs_dataset:
+    check_bhyve_settings(settings.zfs_dataset)
+
+
+def check_bhyve_settings(zfs_dataset: str | None) -> None:
+    """A one-line ValueError unless bhyve can run here on *zfs_dataset*."""
+    if not zfs_dataset:
         raise ValueError(
             "--hypervisor bhyve needs --zfs-dataset POOL/DATASET for the guests' "
             "zvols (bhyve reads no qcow2): e.g. `zfs create -o mountpoint=none "
             "zroot/vjlab`, then --zfs-dataset zroot/vjlab"
         )
-    zfs_layers.check_dataset(settings.zfs_dataset)
+    zfs_layers.check_dataset(zfs_dataset)
+    # Before anything is made: a bridge per cell would come and go for
+    # nothing on a host without bhyve or without the dataset.
+    problem = vm_hypervisor.select("bhyve").unavailable()
+    if problem:
+        raise ValueError(f"--hypervisor bhyve: {problem}")
+    try:
+        _check_dataset_exists(zfs_dataset)
+    except RuntimeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _check_dataset_exists(dataset: str) -> None:

@@ -24,6 +24,7 @@ from lab.netns import NetnsNode
 from lab.node import Process
 from lab.platforms.base import Platform, Stack, World
 from lab.vm import relay, responder_guest
+from lab.vm.hypervisor import select as hypervisor_select
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ class LocalPlatform(Platform):
         self.responder = responder
         self.hypervisor = hypervisor
         self._guest: responder_guest.ResponderGuest | None = None
+        self._boot_failure: str | None = None
+        if responder == "vm":
+            hypervisor_select(hypervisor)  # a wrong value fails here, once
 
     def capabilities(self, run_id: str) -> dict[str, dict]:
         return capabilities.probe(f"{runid.namespace_prefix(run_id)}probe")
@@ -104,9 +108,19 @@ class LocalPlatform(Platform):
         return stack
 
     def _responder_guest(self, run_id: str) -> responder_guest.ResponderGuest:
+        # A guest that did not boot once will not for the next cell either:
+        # under TCG each attempt would cost minutes before failing.
+        if self._boot_failure is not None:
+            raise RuntimeError(f"the responder VM failed to boot: {self._boot_failure}")
         if self._guest is None:
             purpose = f"{os.getpid()}"
-            self._guest = responder_guest.boot_debian(run_id, purpose, self.hypervisor)
+            try:
+                self._guest = responder_guest.boot_debian(
+                    run_id, purpose, self.hypervisor
+                )
+            except Exception as exc:
+                self._boot_failure = str(exc).splitlines()[0]
+                raise
         return self._guest
 
     def close(self) -> None:

@@ -106,8 +106,9 @@ def leftovers(run_id: str | None, libvirt_uris: tuple[str, ...] = ()) -> list[st
     images/cache), ``domain`` (libvirt, for the URIs given), ``bhyve``
     (VMs under /dev/vmm), ``tap`` and ``bridge`` (FreeBSD interfaces
     described with the run id) and ``zvol`` (ZFS clones named with it).
-    QEMU processes are not listed: they carry ``VJLAB_RUN`` in their
-    environment and the reaper already kills those. *run_id* None lists
+    QEMU processes are not listed: the reaper kills them as processes, by
+    ``VJLAB_RUN`` in their environment or, for those libvirtd started, by
+    the guest name on their command line. *run_id* None lists
     every run's. The order is the order of removal: a zvol is busy while
     its bhyve VM lives.
     """

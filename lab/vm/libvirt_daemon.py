@@ -25,6 +25,7 @@ import shutil
 
 from lab import runid
 from lab.node import Node, Process
+from lab.vm.hypervisor import tail
 from lab.wait import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,10 @@ class PrivateLibvirtd:
         return os.path.join(self.folder, "sockets", "libvirt-sock")
 
     @property
+    def process_log(self) -> str:
+        return os.path.join(self.folder, "libvirtd.log")
+
+    @property
     def uri(self) -> str:
         return f"qemu:///system?socket={self.socket}"
 
@@ -134,13 +139,16 @@ class PrivateLibvirtd:
                 "unshare", "--mount", "--propagation", "private",
                 "sh", "-c", namespace_script(self.folder),
             ],
-            log_path=os.path.join(self.folder, "libvirtd.log"),
+            log_path=self.process_log,
         )  # fmt: skip
         try:
             wait_until(self._answers, START_TIMEOUT, f"libvirtd at {self.socket}")
-        except (WaitTimeout, RuntimeError):
+        except (WaitTimeout, RuntimeError) as exc:
             self.stop()
-            raise
+            # The log goes with the run's directory: its end goes in the error.
+            raise RuntimeError(
+                f"private libvirtd: {exc}; its log ends:\n{tail(self.process_log)}"
+            ) from None
         log.info("private libvirtd up: %s", self.uri)
         return self.uri
 
@@ -155,10 +163,7 @@ class PrivateLibvirtd:
 
     def _answers(self) -> str | None:
         if self.process.exited() is not None:
-            raise RuntimeError(
-                f"libvirtd exited with {self.process.exited()}: "
-                f"see {self.process.log_path}"
-            )
+            raise RuntimeError(f"libvirtd exited with {self.process.exited()}")
         if not os.path.exists(self.socket):
             return "no socket yet"
         import libvirt
@@ -170,7 +175,7 @@ class PrivateLibvirtd:
         return None
 
     def stop(self) -> None:
-        """Destroy its domains, stop it, keep its log; never raises."""
+        """Destroy its domains and stop it; never raises."""
         if self.process is None:
             return
         try:

@@ -15,6 +15,7 @@ from lab.matrix import Cell
 from lab.platforms import freebsd
 from lab.platforms.base import Stack
 from lab.vm import disks, images, responder_guest, zfs_layers
+from lab.vm.bhyve import Bhyve
 from lab.vm.guest_charon import GuestCharon
 from lab.vm.spec import Nic
 from lab.vm.ssh import SSHNode
@@ -30,6 +31,8 @@ vtnet1: flags=1008843<UP,BROADCAST,RUNNING,SIMPLEX,MULTICAST,LOWER_UP> mtu 1500
 \tether {responder_guest.WAN_MAC}
 lo0: flags=1008049<UP,LOOPBACK,RUNNING,MULTICAST,LOWER_UP> mtu 16384
 """
+
+DATASET_CHECK = freebsd._check_dataset_exists  # the fixture replaces it
 
 
 def cell(**axes) -> Cell:
@@ -140,7 +143,10 @@ def image(tmp_path):
 
 
 @pytest.fixture
-def platform(tmp_path, image):
+def platform(tmp_path, image, monkeypatch):
+    # This is not a FreeBSD host: bhyve and the dataset are taken as there.
+    monkeypatch.setattr(Bhyve, "unavailable", lambda self: None)
+    monkeypatch.setattr(freebsd, "_check_dataset_exists", lambda dataset: None)
     settings = freebsd.Settings(
         images={"15.0": image}, hypervisor="bhyve", cache=tmp_path / "cache",
         zfs_dataset=DATASET,
@@ -193,6 +199,27 @@ def test_bhyve_without_a_dataset_is_refused_naming_the_option(tmp_path):
     with pytest.raises(ValueError, match="needs --zfs-dataset POOL/DATASET") as info:
         freebsd.FreeBSDPlatform(settings)
     assert "zfs create" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_host_without_bhyve_is_refused_before_anything_is_made(tmp_path):
+    settings = freebsd.Settings(
+        images={}, hypervisor="bhyve", cache=tmp_path, zfs_dataset=DATASET
+    )
+
+    with pytest.raises(ValueError, match="^--hypervisor bhyve: ") as info:
+        freebsd.FreeBSDPlatform(settings)
+    assert "\n" not in str(info.value)
+
+
+def test_a_missing_dataset_is_refused_when_the_platform_is_made(tmp_path, monkeypatch):
+    monkeypatch.setattr(Bhyve, "unavailable", lambda self: None)
+    monkeypatch.setattr(freebsd, "_zfs_exists", lambda dataset: False)
+    settings = freebsd.Settings(
+        images={}, hypervisor="bhyve", cache=tmp_path, zfs_dataset=DATASET
+    )
+
+    with pytest.raises(ValueError, match="no such ZFS dataset; create it with"):
+        freebsd.FreeBSDPlatform(settings)
 
 
 def test_a_malformed_dataset_is_refused(tmp_path):
@@ -292,7 +319,8 @@ def test_a_failed_provisioning_destroys_its_clone_and_keeps_nothing(
     assert layer(platform, "pkg") not in lab["host"].existing
 
 
-def test_a_missing_dataset_is_named_before_anything_is_made(platform, lab):
+def test_a_missing_dataset_is_named_before_anything_is_made(platform, lab, monkeypatch):
+    monkeypatch.setattr(freebsd, "_check_dataset_exists", DATASET_CHECK)
     lab["host"].existing.discard(DATASET)
 
     with pytest.raises(RuntimeError, match="zfs create -o mountpoint=none tank/vjlab"):

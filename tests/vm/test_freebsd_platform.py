@@ -302,12 +302,12 @@ def test_only_the_provisioning_boot_may_reach_out(platform, monkeypatch, tmp_pat
     [None, "qemu", "libvirt:qemu:///system", "libvirt:qemu:///system?socket=/s"],
 )
 def test_local_hypervisors_are_accepted(uri):
-    freebsd._check_local_libvirt(uri)
+    freebsd.check_local_libvirt(uri)
 
 
 def test_a_remote_libvirt_host_is_refused_in_one_line():
     with pytest.raises(ValueError) as caught:
-        freebsd._check_local_libvirt("libvirt:qemu+ssh://lab@192.0.2.10/system")
+        freebsd.check_local_libvirt("libvirt:qemu+ssh://lab@192.0.2.10/system")
 
     message = str(caught.value)
     assert "\n" not in message
