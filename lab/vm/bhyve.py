@@ -17,7 +17,6 @@ import logging
 import os
 import platform
 import select
-import shlex
 import shutil
 import signal
 import subprocess
@@ -26,7 +25,7 @@ import tty
 
 from lab import command, runid
 from lab.vm import accel as vm_accel
-from lab.vm.hypervisor import Guest, GuestError, Hypervisor
+from lab.vm.hypervisor import Guest, GuestError, Hypervisor, spawn_tagged
 from lab.vm.spec import Nic, SpecError, VmSpec
 
 log = logging.getLogger(__name__)
@@ -297,17 +296,7 @@ class Bhyve(Hypervisor):
         state = runid.runtime_dir(spec.run_id)
         os.makedirs(state, exist_ok=True)
         output = os.path.join(state, f"{spec.name}.bhyve.log")
-        env = dict(os.environ, **{runid.ENV_VAR: spec.run_id})
-        log.debug("[%s] spawn %s > %s", spec.name, shlex.join(argv), output)
-        with open(output, "ab") as out:
-            return subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
+        return spawn_tagged(spec.name, spec.run_id, argv, output)
 
 
 def tagged_vms(run_id: str | None) -> list[str]:

@@ -9,7 +9,9 @@ zvol clones) by the run id their names carry, for the lab's reaper.
 import logging
 import os
 import re
+import shlex
 import socket
+import subprocess
 
 from lab import runid
 
@@ -90,6 +92,22 @@ def tail(path: str, lines: int = 20) -> str:
     text = ANSI_ESCAPE.sub("", text).replace("\r", "")
     kept = [line.rstrip() for line in text.splitlines() if line.strip()]
     return "\n".join(kept[-lines:]) if kept else "(console log empty)"
+
+
+def spawn_tagged(name: str, run_id: str, argv: list[str], log_path: str):
+    """A hypervisor process for guest *name*, tagged with its run, output to
+    *log_path*, in a session of its own (a Ctrl-C reaches the lab first)."""
+    env = dict(os.environ, **{runid.ENV_VAR: run_id})
+    log.debug("[%s] spawn %s > %s", name, shlex.join(argv), log_path)
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
 
 def free_port() -> int:

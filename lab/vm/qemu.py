@@ -11,7 +11,6 @@ on 127.0.0.1 only.
 import json
 import logging
 import os
-import shlex
 import shutil
 import signal
 import socket
@@ -20,7 +19,7 @@ import time
 
 from lab import runid
 from lab.vm import accel as vm_accel
-from lab.vm.hypervisor import Guest, GuestError, Hypervisor
+from lab.vm.hypervisor import Guest, GuestError, Hypervisor, spawn_tagged
 from lab.vm.spec import Nic, VmSpec
 from lab.wait import WaitTimeout, wait_until
 
@@ -298,17 +297,7 @@ class Qemu(Hypervisor):
         return firmware, efi_vars
 
     def _spawn(self, spec: VmSpec, full: list[str], stderr_log: str):
-        env = dict(os.environ, **{runid.ENV_VAR: spec.run_id})
-        log.debug("[%s] spawn %s > %s", spec.name, shlex.join(full), stderr_log)
-        with open(stderr_log, "ab") as out:
-            return subprocess.Popen(
-                full,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
+        return spawn_tagged(spec.name, spec.run_id, full, stderr_log)
 
     def _wait_started(self, guest: QemuGuest) -> None:
         """QMP answers only from the main loop, after every device and forward."""
