@@ -129,3 +129,12 @@ def test_point_latest_replaces_an_existing_link(tmp_path):
     assert os.readlink(tmp_path / "latest") == "run-b"
     # Relative, so the reports directory can move; no temporary link is left.
     assert sorted(os.listdir(tmp_path)) == ["latest", "run-a", "run-b"]
+
+
+def test_the_page_says_where_the_responder_ran(tmp_path):
+    for rec in RECORDS:
+        (tmp_path / rec["evidence"]).mkdir(parents=True)
+    page = report.write_html(str(tmp_path), {**RUN, "responder": "vm"}, RECORDS)
+
+    with open(page) as src:
+        assert "responder in a VM" in src.read()
