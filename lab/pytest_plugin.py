@@ -39,7 +39,13 @@ def pytest_addoption(parser):
         default="default",
         help="start from the default set or from every combination",
     )
-    group.addoption("--platform", default="local", help="where cells run")
+    group.addoption(
+        "--platform",
+        choices=("local",),
+        default="local",
+        help="the platform of test_matrix's cells (FreeBSD cells are "
+        "scenarios/test_freebsd.py's)",
+    )
     group.addoption(
         "--responder",
         choices=("namespaces", "vm"),
@@ -285,15 +291,17 @@ def pytest_sessionfinish(session, exitstatus):
     # (a VM scenario run alone keeps evidence too).
     leaks = secret_leaks(config.vjlab_run_dir, config.vjlab_config)
     if leaks:
-        log.error("secrets found in the report: %s", "; ".join(leaks))
+        said = f"secrets found in the report {config.vjlab_run_dir}: {'; '.join(leaks)}"
+        log.error("%s", said)
+        _tell(config, said)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     records = results.collect(config.vjlab_run_dir)
     if not records:
         return
     run = {
         "id": run_id,
-        "platform": config.getoption("platform"),
-        "responder": config.getoption("responder"),
+        "platform": "+".join(sorted({r["id"].split("/", 1)[0] for r in records})),
+        "responder": responder_placement(config),
         "started": config.vjlab_started,
         "seconds": round(time.time() - config.vjlab_started, 2),
         "host": host_platform.node(),
@@ -308,6 +316,21 @@ def pytest_sessionfinish(session, exitstatus):
         record_observed(config, records)
     report.write_html(config.vjlab_run_dir, run, records)
     report.point_latest(config.getoption("lab_reports"), run_id)
+
+
+def responder_placement(config) -> str:
+    """Where this run's responder ran: under bhyve FreeBSD cells have a
+    FreeBSD responder VM whatever --responder says (it is for local cells)."""
+    if config.getoption("hypervisor") == "bhyve":
+        return "freebsd-vm"
+    return config.getoption("responder")
+
+
+def _tell(config, line: str) -> None:
+    """A line on the terminal, where the log's records do not go."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"vjlab: {line}", red=True)
 
 
 def record_observed(config, records: list[dict]) -> None:
@@ -325,7 +348,7 @@ def record_observed(config, records: list[dict]) -> None:
     # Outcomes are the client's, but a rule says which responder judged it.
     responder = (
         "a FreeBSD VM (kernel-pfkey)"
-        if config.getoption("hypervisor") == "bhyve"
+        if responder_placement(config) == "freebsd-vm"
         else "Linux namespaces"
     )
     for cell in cells:

@@ -133,6 +133,31 @@ def test_the_reproduce_command_keeps_where_the_responder_ran(responder, flag, sa
     run = {"platform": "local", "responder": responder}
 
     assert bugreport._reproduce(cell, run).endswith(
-        f"lab run --platform local{flag} --cells full --axis nat=nat"
+        f"lab run{flag} --cells full --axis nat=nat"
     )
     assert said in bugreport._environment(run, {})["responder"]
+
+
+def test_a_freebsd_cell_is_reproduced_with_its_scenario_and_an_image():
+    cell = {
+        "id": "freebsd/15.0/pkg/charon/vnet/pfkey/rs5/ipsec-unloaded/pf/good",
+        "axes": {"freebsd": "15.0", "isolation": "vnet"},
+    }
+
+    command = bugreport._reproduce(cell, {"platform": "local"})
+
+    assert "pytest scenarios/test_freebsd.py --image /path/to/FreeBSD-15.0-" in command
+    assert command.endswith("--cells full --axis freebsd=15.0 --axis isolation=vnet")
+
+
+@pytest.mark.parametrize(
+    ("host", "blanked"),
+    [("vm", False), ("jail", False), ("ci7", False), ("lab-runner-3", True)],
+)
+def test_a_host_name_is_blanked_only_where_it_identifies(host, blanked):
+    text = f"lab run --responder vm on {host}: lab.vm.debian"
+
+    scrubbed = bugreport.scrub_addresses(text, host)
+
+    assert ("<host>" in scrubbed) is blanked
+    assert "--responder vm" in scrubbed and "lab.vm.debian" in scrubbed

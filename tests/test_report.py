@@ -137,4 +137,4 @@ def test_the_page_says_where_the_responder_ran(tmp_path):
     page = report.write_html(str(tmp_path), {**RUN, "responder": "vm"}, RECORDS)
 
     with open(page) as src:
-        assert "responder in a VM" in src.read()
+        assert "responder in a Debian VM" in src.read()
