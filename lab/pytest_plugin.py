@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import platform as host_platform
+import signal
+import threading
 import time
 
 import pytest
@@ -100,6 +102,7 @@ def pytest_addoption(parser):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
+    _stop_on_sigterm()
     workerinput = getattr(config, "workerinput", None)
     run_id = workerinput["vjlab_run_id"] if workerinput else runid.new_run_id()
     config.vjlab_run_id = run_id
@@ -126,6 +129,17 @@ def pytest_configure(config):
             config.option.allure_report_dir = os.path.join(
                 config.vjlab_run_dir, "allure"
             )
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM as Ctrl-C: fixtures tear down and the run's reaper runs,
+    instead of the process vanishing with its guests still up."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def check_vm_options(config) -> None:

@@ -104,7 +104,10 @@ def debian_lab(request, flavour):
         unavailable = lab.hypervisor.unavailable()
         if unavailable and flavour == "libvirt" and daemon is None:
             # A host the user named must work; only an absent one skips.
-            pytest.fail(f"libvirt host {uri}: {unavailable}", pytrace=False)
+            pytest.fail(
+                f"libvirt host {uri.removeprefix('libvirt:')}: {unavailable}",
+                pytrace=False,
+            )
         if unavailable:
             pytest.skip(f"{flavour}: {unavailable}")
         yield lab

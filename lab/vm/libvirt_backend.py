@@ -169,6 +169,9 @@ def _user_nic_args(nics: tuple[Nic, ...]) -> list[str]:
 def _connect(uri: str):
     import libvirt
 
+    # libvirt-python prints every error to stderr besides raising it; the
+    # lab reports the exception, once, where it belongs.
+    libvirt.registerErrorHandler(lambda context, error: None, None)
     return libvirt.open(uri)
 
 
