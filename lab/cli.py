@@ -14,6 +14,7 @@ import time
 
 from lab import diff as lab_diff
 from lab import preflight, reaper
+from lab.platforms import RESPONDERS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--responder",
-        choices=("namespaces", "vm"),
+        choices=RESPONDERS,
         default="namespaces",
         help="vm: the responder side in a Debian guest whose kernel has ESP",
     )

@@ -112,3 +112,11 @@ class Node:
         for process in reversed(self.processes):
             process.stop()
         self.processes.clear()
+
+
+class LocalNode(Node):
+    """Processes of the machine running the lab, outside any namespace:
+    relays, SSH forwards, a private libvirtd; tagged with the run like any."""
+
+    def prefix(self) -> list[str]:
+        return []

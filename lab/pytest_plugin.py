@@ -19,6 +19,7 @@ import pytest
 from lab import config as lab_config
 from lab import preflight, reaper, report, results, runid, schema
 from lab.matrix import default, full, parse_selection_across, select
+from lab.platforms import RESPONDERS
 from lab.platforms import get as get_platform
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def pytest_addoption(parser):
     )
     group.addoption(
         "--responder",
-        choices=("namespaces", "vm"),
+        choices=RESPONDERS,
         default="namespaces",
         help="the responder side in namespaces, or in a Debian VM with ESP",
     )

@@ -2,6 +2,10 @@
 
 from lab.platforms.base import Platform
 
+# Where the responder side of a local cell lives: the lab's namespaces, or
+# the lab's Debian guest (lab.vm.responder_guest).
+RESPONDERS = ("namespaces", "vm")
+
 
 def get(
     name: str, responder: str = "namespaces", hypervisor: str | None = None

@@ -144,13 +144,6 @@ class GuestWorld(World):
     volumes: dict[str, str] = field(default_factory=dict)  # guest -> zvol
 
 
-class _Local(Node):
-    """Processes on the machine running the lab, outside any namespace."""
-
-    def prefix(self) -> list[str]:
-        return []
-
-
 class JailNode(SSHNode):
     """A jail in the guest: commands through ``jexec``, files under its root."""
 

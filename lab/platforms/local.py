@@ -22,13 +22,13 @@ from lab import capabilities, command, firewall, netns, runid, sandbox, topology
 from lab.matrix import Cell
 from lab.netns import NetnsNode
 from lab.node import Process
+from lab.platforms import RESPONDERS
 from lab.platforms.base import Platform, Stack, World
 from lab.vm import relay, responder_guest
 from lab.vm.hypervisor import select as hypervisor_select
 
 log = logging.getLogger(__name__)
 
-RESPONDERS = ("namespaces", "vm")
 VM_ROLES = ("lan", "gw")
 
 

@@ -15,7 +15,7 @@ import logging
 import os
 
 from lab import strongswan
-from lab.node import Node, Process
+from lab.node import LocalNode, Process
 from lab.vm.ssh import SSHNode
 from lab.wait import WaitTimeout, wait_until
 from vpnjail import strongswan as shared_strongswan
@@ -26,13 +26,6 @@ STACK_RUN = "/run"
 CHARON_PID = "/var/run/charon.pid"
 DAEMON_PID = f"{STACK_RUN}/daemon-charon.pid"
 SYSTEMS = ("freebsd", "linux")
-
-
-class _Local(Node):
-    """Processes on the machine running the lab, outside any namespace."""
-
-    def prefix(self) -> list[str]:
-        return []
 
 
 def start_argv(system: str = "freebsd") -> list[str]:
@@ -84,7 +77,7 @@ class GuestCharon(strongswan.Charon):
         super().__init__(node, run_dir)
         self.forward: Process | None = None
         self.system = node.system
-        self._local = _Local(role=f"{node.role}-vici", run_id=run_id)
+        self._local = LocalNode(role=f"{node.role}-vici", run_id=run_id)
 
     def write_config(self, charon: dict) -> str:
         os.makedirs(self.run_dir, exist_ok=True)

@@ -24,7 +24,7 @@ import os
 import shutil
 
 from lab import runid
-from lab.node import Node, Process
+from lab.node import LocalNode, Process
 from lab.vm.hypervisor import tail
 from lab.wait import WaitTimeout, wait_until
 
@@ -58,11 +58,6 @@ security_driver = "none"
 cgroup_controllers = [ ]
 stdio_handler = "file"
 """
-
-
-class _Local(Node):
-    def prefix(self) -> list[str]:
-        return []
 
 
 def unavailable() -> str | None:
@@ -134,7 +129,7 @@ class PrivateLibvirtd:
         for target in STATE_DIRS.values():
             # Mount points only: without the system package they are absent.
             os.makedirs(target, exist_ok=True)
-        self.process = _Local(role="libvirtd", run_id=self.run_id).spawn(
+        self.process = LocalNode(role="libvirtd", run_id=self.run_id).spawn(
             [
                 "unshare", "--mount", "--propagation", "private",
                 "sh", "-c", namespace_script(self.folder),

@@ -20,7 +20,7 @@ import struct
 import sys
 
 from lab import command
-from lab.node import Node, Process
+from lab.node import LocalNode, Process
 from lab.wait import wait_until
 
 log = logging.getLogger(__name__)
@@ -32,13 +32,6 @@ IFF_NO_PI = 0x1000
 CLONE_NEWNET = 0x40000000
 READY = "relay ready"
 READY_TIMEOUT = 10.0
-
-
-class _Local(Node):
-    """Processes on the machine running the lab, outside any namespace."""
-
-    def prefix(self) -> list[str]:
-        return []
 
 
 def relay_argv(netns_name: str, tap: str, listen: int, peer: int) -> list[str]:
@@ -59,7 +52,7 @@ def start(
     guest that outlives the namespace keep its neighbour entry valid.
     """
     listen, peer = ports
-    process = _Local(role=f"relay-{tap}", run_id=run_id).spawn(
+    process = LocalNode(role=f"relay-{tap}", run_id=run_id).spawn(
         relay_argv(netns_name, tap, listen, peer), log_path=log_path
     )
     try:
